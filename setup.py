@@ -1,0 +1,43 @@
+"""Packaging for vlm_reward_wrappers.
+
+torch must be the CPU build on machines without a GPU: install ``torch==2.13.0`` first and keep it with
+``-c .ci/constraints.txt`` (``bash .ci/setup`` does both), or pip pulls several GB of CUDA packages.
+"""
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "llama": ["llama-cpp-python>=0.3.36"],
+    "server": ["llama-cpp-python[server]>=0.3.36"],
+    "clip": ["open-clip-torch>=3.3"],
+    "mujoco": ["mujoco==3.3.*"],
+    "metaworld": ["metaworld>=3.1.1", "mujoco==3.3.*"],
+    "offline": ["minari[hdf5]>=0.5.4"],
+}
+EXTRAS["dev"] = sorted(
+    {"pytest>=8", "gguf>=0.19.0", *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["offline"]}
+)
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+
+setup(
+    name="vlm-reward-wrappers",
+    version="0.1.0",
+    description="Wrap any Gymnasium env, name the goal, and train SB3 agents on a reward learned from a "
+    "vision-language model's preferences between rendered frames (RL-VLM-F, RG-VLM).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["vlm_reward_wrappers", "vlm_reward_wrappers.*"]),
+    install_requires=[
+        "gymnasium>=1.1",
+        "stable-baselines3>=2.4",
+        "torch>=2.1",
+        "numpy",
+        "pillow",
+        "pygame",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["vlm-reward=vlm_reward_wrappers.cli:main"]},
+)

@@ -1,0 +1,216 @@
+"""Preference data: frame hashing, the durable label store (sqlite3) and the training dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+
+from vlm_reward_wrappers.labelers.base import NO_PREFERENCE
+
+
+def frame_hash(frame: np.ndarray) -> str:
+    """Content hash of a frame (or observation): same pixels and shape, same hash."""
+    array = np.ascontiguousarray(frame)
+    digest = hashlib.blake2b(array.tobytes(), digest_size=16)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    return digest.hexdigest()
+
+
+def _encode(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array)
+    header = f"{array.dtype.str}|{','.join(map(str, array.shape))}|".encode()
+    return header + zlib.compress(array.tobytes(), 6)
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    dtype, shape, data = blob.split(b"|", 2)
+    dims = tuple(int(d) for d in shape.decode().split(",") if d)
+    return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype.decode())).reshape(dims)
+
+
+@dataclass
+class LabelRecord:
+    """One answered query as kept in the :class:`LabelStore`."""
+
+    hash_a: str
+    hash_b: str
+    goal: str
+    labeler_id: str
+    prompt_version: str
+    preference: int
+    soft: Optional[float] = None
+    raw: str = ""
+    latency_s: float = 0.0
+    created: float = field(default_factory=time.time)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    hash TEXT PRIMARY KEY,
+    frame BLOB NOT NULL,
+    reward_input BLOB
+);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash_a TEXT NOT NULL,
+    hash_b TEXT NOT NULL,
+    goal TEXT NOT NULL,
+    labeler_id TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    preference INTEGER NOT NULL,
+    soft REAL,
+    raw TEXT NOT NULL,
+    latency_s REAL NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (hash_a, hash_b, goal, labeler_id, prompt_version)
+);
+"""
+
+
+class LabelStore:
+    """Every answered query, committed to SQLite before the learner uses it.
+
+    Frames are kept zlib-compressed beside the answers, so a reward model can be retrained from the
+    store alone and a restarted run resumes with all its labels. Safe to share between the learner
+    and its labelling thread.
+
+    :param path: database file; ":memory:" (the default) keeps labels for this process only.
+    """
+
+    def __init__(self, path: Union[str, Path] = ":memory:") -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if self.path != ":memory:":
+            # WAL keeps committed rows through a SIGKILL without an fsync per reader.
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+
+    def add(
+        self,
+        record: LabelRecord,
+        frame_a: np.ndarray,
+        frame_b: np.ndarray,
+        input_a: Optional[np.ndarray] = None,
+        input_b: Optional[np.ndarray] = None,
+    ) -> None:
+        """Commit one answer and both its frames (and reward-model inputs, if not the frames)."""
+        rows = [
+            (record.hash_a, _encode(frame_a), None if input_a is None else _encode(input_a)),
+            (record.hash_b, _encode(frame_b), None if input_b is None else _encode(input_b)),
+        ]
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO frames VALUES (?, ?, ?)", rows)
+            self._db.execute(
+                "INSERT OR REPLACE INTO labels (hash_a, hash_b, goal, labeler_id, prompt_version, preference,"
+                " soft, raw, latency_s, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.hash_a,
+                    record.hash_b,
+                    record.goal,
+                    record.labeler_id,
+                    record.prompt_version,
+                    record.preference,
+                    record.soft,
+                    record.raw,
+                    record.latency_s,
+                    record.created,
+                ),
+            )
+
+    def lookup(
+        self, hash_a: str, hash_b: str, goal: str, labeler_id: str, prompt_version: str
+    ) -> Optional[LabelRecord]:
+        """The stored answer to this query, with the pair in either order (the answer flipped to match)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hash_a, preference, soft, raw, latency_s, created FROM labels WHERE goal = ? AND"
+                " labeler_id = ? AND prompt_version = ? AND ((hash_a = ? AND hash_b = ?) OR (hash_a = ? AND"
+                " hash_b = ?)) LIMIT 1",
+                (goal, labeler_id, prompt_version, hash_a, hash_b, hash_b, hash_a),
+            ).fetchall()
+        if not rows:
+            return None
+        stored_a, preference, soft, raw, latency_s, created = rows[0]
+        if stored_a != hash_a:
+            preference = preference if preference == NO_PREFERENCE else 1 - preference
+            soft = None if soft is None else 1.0 - soft
+        return LabelRecord(hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created)
+
+    def records(
+        self, goal: Optional[str] = None, labeler_id: Optional[str] = None, prompt_version: Optional[str] = None
+    ) -> List[LabelRecord]:
+        """Stored answers, oldest first, filtered by whichever of goal, labeler and prompt are given."""
+        clauses, params = [], []
+        for column, value in (("goal", goal), ("labeler_id", labeler_id), ("prompt_version", prompt_version)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created"
+                f" FROM labels {where} ORDER BY id",
+                params,
+            ).fetchall()
+        return [LabelRecord(*row) for row in rows]
+
+    def frame(self, frame_hash_: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """The stored frame and reward-model input (None when the input is the frame) of a hash."""
+        with self._lock:
+            row = self._db.execute("SELECT frame, reward_input FROM frames WHERE hash = ?", (frame_hash_,)).fetchone()
+        if row is None:
+            raise KeyError(f"frame {frame_hash_} is not in the label store {self.path}")
+        return _decode(row[0]), None if row[1] is None else _decode(row[1])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PreferenceDataset:
+    """Labelled pairs of reward-model inputs, ready for Bradley-Terry training.
+
+    Pairs answered -1 and pairs of identical inputs are dropped, as in RL-VLM-F.
+    The target of a pair is the probability that its second input is better: the preference itself
+    for hard labels, the labeler's soft label where it gave one and ``use_soft_labels`` is set.
+    """
+
+    def __init__(self, use_soft_labels: bool = False) -> None:
+        self.use_soft_labels = use_soft_labels
+        self._a: List[np.ndarray] = []
+        self._b: List[np.ndarray] = []
+        self._targets: List[float] = []
+        self._arrays: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def add(self, input_a: np.ndarray, input_b: np.ndarray, preference: int, soft: Optional[float] = None) -> bool:
+        """Add a labelled pair; return whether it was kept."""
+        if preference == NO_PREFERENCE or np.array_equal(input_a, input_b):
+            return False
+        self._a.append(np.asarray(input_a))
+        self._b.append(np.asarray(input_b))
+        self._targets.append(float(soft) if (self.use_soft_labels and soft is not None) else float(preference))
+        self._arrays = None
+        return True
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs_a (N, ...), inputs_b (N, ...), targets (N,) float32)."""
+        if self._arrays is None:
+            self._arrays = (np.stack(self._a), np.stack(self._b), np.asarray(self._targets, dtype=np.float32))
+        return self._arrays

@@ -1,0 +1,280 @@
+"""Reward models: ensembles of RL-VLM-F's CNN (frames) or an MLP (observations), Bradley-Terry training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlm_reward_wrappers.labels import PreferenceDataset
+
+
+class EnsembleLinear(nn.Module):
+    """``ensemble_size`` independent linear layers applied in one batched matmul.
+
+    Input (B, E, in_features) -> output (B, E, out_features).
+    """
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, out_features))
+        bound = 1.0 / np.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bei,eio->beo", x, self.weight) + self.bias
+
+
+class EnsembleCNN(nn.Module):
+    """RL-VLM-F's reward CNN, ``ensemble_size`` copies run as one grouped network.
+
+    Default layers are the paper's: kernels 5, 3, 3, 3, channels 16, 32, 64, 128, strides 3, 2, 2, 2,
+    leaky ReLU, a linear head to one output and tanh.
+
+    Input (B, E, 3, H, W) float frames in [-0.5, 0.5] (member e reads slice e), or (B, 3, H, W) read
+    by every member -> output (B, E).
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int,
+        image_size: int,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        kernels: Sequence[int] = (5, 3, 3, 3),
+        strides: Sequence[int] = (3, 2, 2, 2),
+    ) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        layers, in_channels = [], 3
+        for out_channels, kernel, stride in zip(channels, kernels, strides):
+            layers += [
+                nn.Conv2d(in_channels * ensemble_size, out_channels * ensemble_size, kernel, stride, groups=ensemble_size),
+                nn.LeakyReLU(),
+            ]
+            in_channels = out_channels
+        self.convs = nn.Sequential(*layers)
+        with torch.no_grad():
+            try:
+                out = self.convs(torch.zeros(1, 3 * ensemble_size, image_size, image_size))
+            except RuntimeError as error:
+                raise ValueError(
+                    f"image_size {image_size} is too small for the reward CNN's strides {tuple(strides)}; "
+                    "use at least 48 (64 is the default)"
+                ) from error
+        self.head = EnsembleLinear(ensemble_size, out[0].numel() // ensemble_size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, e = x.shape[0], self.ensemble_size
+        if x.ndim == 4:
+            # Shared input: one ungrouped first conv equals the grouped one on E copies, without the copies.
+            first = self.convs[0]
+            x = F.conv2d(x, first.weight, first.bias, first.stride)
+            features = self.convs[1:](x)
+        else:
+            features = self.convs(x.reshape(b, e * 3, *x.shape[-2:]))
+        return torch.tanh(self.head(features.reshape(b, e, -1))).squeeze(-1)
+
+
+class EnsembleMLP(nn.Module):
+    """BPref's reward MLP on state observations (3 hidden layers of 256, leaky ReLU, tanh), ensembled.
+
+    Input (B, E, D) float -> output (B, E).
+    """
+
+    def __init__(self, ensemble_size: int, input_dim: int, hidden: Sequence[int] = (256, 256, 256)) -> None:
+        super().__init__()
+        dims = [input_dim, *hidden]
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.head = EnsembleLinear(ensemble_size, dims[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.leaky_relu(layer(x))
+        return torch.tanh(self.head(x)).squeeze(-1)
+
+
+class RewardModel:
+    """An ensemble reward model on frames or observations, with reward normalisation and save/load.
+
+    :param input_kind: "frame" (uint8 (H, W, 3) images, the default CNN) or "observation" (flat float
+        state vectors, the MLP).
+    :param input_shape: (H, W, 3) for frames (square), (D,) for observations.
+    :param ensemble_size: members; the reward is their mean (3 in RL-VLM-F).
+    :param normalize: standardise rewards to zero mean and unit variance over recent frames, refitted
+        after every update, so reward scale does not drift between updates.
+    :param device: torch device.
+    :param seed: seed for the initial weights.
+    """
+
+    def __init__(
+        self,
+        input_kind: str,
+        input_shape: Tuple[int, ...],
+        ensemble_size: int = 3,
+        normalize: bool = True,
+        device: Union[str, torch.device] = "cpu",
+        seed: Optional[int] = None,
+    ) -> None:
+        if input_kind not in ("frame", "observation"):
+            raise ValueError(f"input_kind must be 'frame' or 'observation', got {input_kind!r}")
+        self.input_kind = input_kind
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.ensemble_size = ensemble_size
+        self.normalize = normalize
+        self.device = torch.device(device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        if input_kind == "frame":
+            if len(self.input_shape) != 3 or self.input_shape[0] != self.input_shape[1] or self.input_shape[2] != 3:
+                raise ValueError(f"frame input_shape must be (S, S, 3), got {self.input_shape}")
+            self.net: nn.Module = EnsembleCNN(ensemble_size, self.input_shape[0])
+        else:
+            if len(self.input_shape) != 1:
+                raise ValueError(f"observation input_shape must be flat (D,), got {self.input_shape}")
+            self.net = EnsembleMLP(ensemble_size, self.input_shape[0])
+        self.net.to(self.device)
+        self.mean, self.std = 0.0, 1.0
+        #: Number of updates so far; consumers (replay relabelling) watch it change.
+        self.version = 0
+
+    def to_tensor(self, inputs: np.ndarray) -> torch.Tensor:
+        """Network input from inputs (B, ...) shared by all members or per member (B, E, ...).
+
+        Frames become float (..., 3, H, W) in [-0.5, 0.5]; shared observations are expanded to
+        (B, E, D), shared frames stay (B, 3, H, W) (the CNN shares its first layer's work).
+        """
+        x = torch.as_tensor(np.ascontiguousarray(inputs), device=self.device)
+        per_member = x.ndim == len(self.input_shape) + 2
+        if self.input_kind == "frame":
+            return x.movedim(-1, -3).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0).sub_(0.5)
+        x = x.to(torch.float32)
+        return x if per_member else x.unsqueeze(1).expand(-1, self.ensemble_size, -1)
+
+    @torch.inference_mode()
+    def member_rewards(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Raw (unnormalised) reward of every member: inputs (B, ...) -> (E, B) float32."""
+        self.net.train(False)
+        out = np.empty((len(inputs), self.ensemble_size), dtype=np.float32)
+        for i in range(0, len(inputs), batch_size):
+            out[i : i + batch_size] = self.net(self.to_tensor(inputs[i : i + batch_size])).cpu().numpy()
+        return out.T
+
+    def predict(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Reward of each input: normalised ensemble mean, (B, ...) -> (B,) float32."""
+        raw = self.member_rewards(inputs, batch_size).mean(axis=0)
+        return ((raw - self.mean) / self.std).astype(np.float32)
+
+    def fit_normalization(self, inputs: np.ndarray) -> None:
+        """Set the normalisation so rewards of ``inputs`` have zero mean and unit variance."""
+        if not self.normalize or len(inputs) < 2:
+            return
+        raw = self.member_rewards(inputs).mean(axis=0)
+        self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write weights, normalisation and settings to one file."""
+        torch.save(
+            {
+                "config": dict(
+                    input_kind=self.input_kind,
+                    input_shape=self.input_shape,
+                    ensemble_size=self.ensemble_size,
+                    normalize=self.normalize,
+                ),
+                "state_dict": self.net.state_dict(),
+                "mean": self.mean,
+                "std": self.std,
+                "version": self.version,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "RewardModel":
+        """Load a model written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no reward model at {path}: write one with RewardModel.save(path)")
+        data = torch.load(path, map_location=device, weights_only=True)
+        model = cls(**data["config"], device=device)
+        model.net.load_state_dict(data["state_dict"])
+        model.mean, model.std, model.version = data["mean"], data["std"], data["version"]
+        return model
+
+
+@dataclass
+class TrainStats:
+    """What one reward-model update did: mean loss and accuracy of its last epoch, epochs run."""
+
+    loss: float
+    accuracy: float
+    epochs: int
+
+
+class BradleyTerryTrainer:
+    """Trains a :class:`RewardModel` on preferences with the Bradley-Terry cross-entropy.
+
+    P(second better) = sigmoid(r(b) - r(a)). Each ensemble member sees its own shuffle of the data,
+    as in PEBBLE. Training stops early once train accuracy (ensemble average) reaches
+    ``early_stop_accuracy``.
+
+    :param model: the model to train in place.
+    :param lr: Adam learning rate (3e-4, RL-VLM-F).
+    :param batch_size: pairs per gradient step (64, RL-VLM-F).
+    :param epochs: passes over all labels per update (RL-VLM-F: 10 for MetaWorld, 50 for CartPole).
+    :param early_stop_accuracy: stop an update once this train accuracy is reached (0.97).
+    """
+
+    def __init__(
+        self,
+        model: RewardModel,
+        lr: float = 3e-4,
+        batch_size: int = 64,
+        epochs: int = 10,
+        early_stop_accuracy: float = 0.97,
+        seed: Optional[int] = None,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.early_stop_accuracy = early_stop_accuracy
+        self.optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
+        self.rng = np.random.default_rng(seed)
+
+    def train(self, dataset: PreferenceDataset, epochs: Optional[int] = None) -> TrainStats:
+        """Run one update over all of ``dataset`` and bump the model's version."""
+        inputs_a, inputs_b, targets = dataset.arrays()
+        n, e = len(targets), self.model.ensemble_size
+        if n == 0:
+            raise ValueError("no labelled pairs to train on")
+        net = self.model.net
+        net.train()
+        loss_sum = correct = 0.0
+        epochs_run = 0
+        for _ in range(epochs or self.epochs):
+            epochs_run += 1
+            order = np.stack([self.rng.permutation(n) for _ in range(e)], axis=1)  # (n, E)
+            loss_sum = correct = 0.0
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]  # (b, E): member e reads column e
+                both = self.model.to_tensor(np.concatenate([inputs_a[idx], inputs_b[idx]]))
+                rewards = net(both)  # (2b, E)
+                logits = rewards[len(idx) :] - rewards[: len(idx)]
+                target = torch.as_tensor(targets[idx], device=self.model.device)
+                loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+                self.optimizer.zero_grad()
+                (loss / (len(idx) * e)).backward()
+                self.optimizer.step()
+                loss_sum += loss.item()
+                correct += ((logits > 0).float() == (target > 0.5).float()).sum().item()
+            if correct / (n * e) >= self.early_stop_accuracy:
+                break
+        self.model.version += 1
+        return TrainStats(loss=loss_sum / (n * e), accuracy=correct / (n * e), epochs=epochs_run)

@@ -33,6 +33,15 @@ def _random_return(env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
+def make_labeler(args: argparse.Namespace):
+    """The labeler named by ``--labeler``, built from its options."""
+    from vlm_reward_wrappers.labelers import OracleLabeler
+
+    if args.labeler == "oracle":
+        return OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
+    raise ValueError(f"unknown labeler {args.labeler!r}")
+
+
 def train(args: argparse.Namespace) -> Dict[str, float]:
     """Train ``args.algo`` on ``args.env`` with the learned reward; return the figures printed."""
     import stable_baselines3
@@ -40,15 +49,13 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from vlm_reward_wrappers import (
-        LabelStore, OracleLabeler, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper,
-    )
+    from vlm_reward_wrappers import LabelStore, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper
     from vlm_reward_wrappers.envs import goal_for
 
     # Small networks on a few cores run several times faster on one thread (notes/install.md).
     torch.set_num_threads(args.threads)
     goal = args.goal or goal_for(args.env)
-    labeler = OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
+    labeler = make_labeler(args)
     env = VLMRewardWrapper(
         gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler,
         reward_input=args.reward_input, image_size=args.image_size, seed=args.seed,
@@ -94,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
     p.add_argument("--reward-input", default="frame", choices=("frame", "observation"))
     p.add_argument("--image-size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--labeler", default="oracle", choices=("oracle",), help="who answers the queries")
     p.add_argument("--mistake-rate", type=float, default=0.0, help="simulated teacher's error rate")
     p.add_argument("--seed-steps", type=int, default=500)
     p.add_argument("--query-every", type=int, default=1000)

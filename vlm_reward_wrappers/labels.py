@@ -26,12 +26,12 @@ def frame_hash(frame: np.ndarray) -> str:
 
 def _encode(array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array)
-    header = f"{array.dtype.str}|{','.join(map(str, array.shape))}|".encode()
+    header = f"{array.dtype.str};{','.join(map(str, array.shape))};".encode()
     return header + zlib.compress(array.tobytes(), 6)
 
 
 def _decode(blob: bytes) -> np.ndarray:
-    dtype, shape, data = blob.split(b"|", 2)
+    dtype, shape, data = blob.split(b";", 2)
     dims = tuple(int(d) for d in shape.decode().split(",") if d)
     return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype.decode())).reshape(dims)
 

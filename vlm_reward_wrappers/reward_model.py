@@ -250,10 +250,10 @@ class BradleyTerryTrainer:
 
     def train(self, dataset: PreferenceDataset, epochs: Optional[int] = None) -> TrainStats:
         """Run one update over all of ``dataset`` and bump the model's version."""
+        if len(dataset) == 0:
+            raise ValueError("no labelled pairs to train on")
         inputs_a, inputs_b, targets = dataset.arrays()
         n, e = len(targets), self.model.ensemble_size
-        if n == 0:
-            raise ValueError("no labelled pairs to train on")
         net = self.model.net
         net.train()
         loss_sum = correct = 0.0

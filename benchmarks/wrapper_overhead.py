@@ -1,0 +1,110 @@
+"""Wrapped vs unwrapped env steps per second on the same rendered env (target ratio >= 0.9).
+
+The unwrapped baseline steps and renders every step, as the wrapper must; the wrapped run adds the
+resize, the frame buffer, the reward model's forward pass and the learner's bookkeeping (no query is
+due during the measurement, so labelling and training are not timed: they run in the background or
+every few thousand steps). Results go to benchmarks/results/wrapper_overhead.{json,md}.
+
+    python benchmarks/wrapper_overhead.py [--steps 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+
+import vlm_reward_wrappers  # noqa: E402,F401
+from vlm_reward_wrappers import FrameInfoWrapper, OracleLabeler, VLMRewardVecEnvWrapper, VLMRewardWrapper  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+NO_QUERY = dict(seed_steps=10**9)
+
+
+def _rate_single(env: gym.Env, steps: int, render: bool) -> float:
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(steps)]
+    started = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if render:
+            env.render()
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - started)
+
+
+def _rate_vec(venv, steps: int) -> float:
+    venv.reset()
+    actions = [np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]) for _ in range(steps // venv.num_envs)]
+    started = time.perf_counter()
+    for action in actions:
+        venv.step(action)
+    return len(actions) * venv.num_envs / (time.perf_counter() - started)
+
+
+def single_env(env_id: str, steps: int, reward_input: str) -> dict:
+    plain = _rate_single(gym.make(env_id, render_mode="rgb_array"), steps, render=True)
+    wrapped_env = VLMRewardWrapper(gym.make(env_id, render_mode="rgb_array"), goal="the task", labeler=OracleLabeler(),
+                                   reward_input=reward_input, seed=0, **NO_QUERY)
+    wrapped = _rate_single(wrapped_env, steps, render=False)
+    wrapped_env.close()
+    return {"setting": f"{env_id}, 1 env, reward from {reward_input}", "unwrapped_sps": plain,
+            "wrapped_sps": wrapped, "ratio": wrapped / plain}
+
+
+def vec_env(env_id: str, steps: int, n_envs: int) -> dict:
+    def make(wrapper_class=None):
+        return make_vec_env(env_id, n_envs=n_envs, seed=0, env_kwargs={"render_mode": "rgb_array"},
+                            wrapper_class=wrapper_class)
+
+    plain_venv = make()
+    # The baseline renders every env every step, as FrameInfoWrapper does.
+    started = time.perf_counter()
+    plain_venv.reset()
+    for _ in range(steps // n_envs):
+        plain_venv.step(np.stack([plain_venv.action_space.sample() for _ in range(n_envs)]))
+        plain_venv.get_images()
+    plain = (steps // n_envs) * n_envs / (time.perf_counter() - started)
+    wrapped_venv = VLMRewardVecEnvWrapper(make(FrameInfoWrapper), goal="the task", labeler=OracleLabeler(), seed=0,
+                                          **NO_QUERY)
+    wrapped = _rate_vec(wrapped_venv, steps)
+    wrapped_venv.close()
+    return {"setting": f"{env_id}, DummyVecEnv x{n_envs}, reward from frame", "unwrapped_sps": plain,
+            "wrapped_sps": wrapped, "ratio": wrapped / plain}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = [
+        single_env("vlmrw/CartPoleAngle-v0", args.steps, "frame"),
+        single_env("vlmrw/CartPoleAngle-v0", args.steps, "observation"),
+        single_env("Pendulum-v1", args.steps, "frame"),
+        vec_env("vlmrw/CartPoleAngle-v0", args.steps, 8),
+    ]
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "wrapper_overhead.json").write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows}, indent=2))
+    lines = [f"Wrapped vs unwrapped steps/s, same rendered env, {args.steps} steps ({machine}).", "",
+             "| setting | unwrapped steps/s | wrapped steps/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['unwrapped_sps']:.0f} | {r['wrapped_sps']:.0f} | {r['ratio']:.2f} |" for r in rows]
+    (RESULTS / "wrapper_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from vlm_reward_wrappers import BradleyTerryTrainer, PreferenceDataset, RewardModel
+
+
+def _brightness_frames(n, rng):
+    """Frames whose true reward is their brightness, with noise pixels so they are all distinct."""
+    level = rng.uniform(0, 200, size=n)
+    frames = (level[:, None, None, None] + rng.integers(0, 40, size=(n, 64, 64, 3))).astype(np.uint8)
+    return frames, level
+
+
+def test_bradley_terry_training_learns_the_true_ranking():
+    rng = np.random.default_rng(0)
+    frames, level = _brightness_frames(400, rng)
+    model = RewardModel("frame", (64, 64, 3), seed=0)
+    dataset = PreferenceDataset()
+    for _ in range(300):
+        i, j = rng.integers(400, size=2)
+        dataset.add(frames[i], frames[j], int(level[j] > level[i]))
+    stats = BradleyTerryTrainer(model, epochs=30, seed=0).train(dataset)
+    assert model.version == 1 and stats.epochs <= 30
+    held_out, held_level = _brightness_frames(200, rng)
+    predicted = model.predict(held_out)
+    a, b = rng.integers(200, size=(2, 1000))
+    agree = np.mean((predicted[a] > predicted[b]) == (held_level[a] > held_level[b]))
+    assert agree > 0.9
+
+
+def test_training_stops_early_once_accurate():
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(200, 3)).astype(np.float32)
+    dataset = PreferenceDataset()
+    for i in range(0, 200, 2):
+        dataset.add(obs[i], obs[i + 1], int(obs[i + 1, 0] > obs[i, 0]))
+    model = RewardModel("observation", (3,), seed=0)
+    stats = BradleyTerryTrainer(model, epochs=200, lr=1e-3, seed=0).train(dataset)
+    assert stats.accuracy >= 0.97 and stats.epochs < 200
+
+
+def test_dataset_drops_no_preference_and_identical_pairs():
+    dataset = PreferenceDataset()
+    a, b = np.zeros((4,)), np.ones((4,))
+    assert not dataset.add(a, b, -1)
+    assert not dataset.add(a, a.copy(), 0)
+    assert dataset.add(a, b, 1)
+    assert len(dataset) == 1
+    with pytest.raises(ValueError, match="no labelled pairs"):
+        BradleyTerryTrainer(RewardModel("observation", (4,))).train(PreferenceDataset())
+
+
+def test_shared_and_per_member_frame_inputs_agree():
+    model = RewardModel("frame", (64, 64, 3), seed=0)
+    frames = np.random.default_rng(0).integers(0, 255, size=(5, 64, 64, 3), dtype=np.uint8)
+    shared = model.member_rewards(frames)
+    per_member = np.repeat(frames[:, None], 3, axis=1)
+    with torch.no_grad():
+        direct = model.net(model.to_tensor(per_member)).numpy().T
+    np.testing.assert_allclose(shared, direct, atol=1e-5)
+    assert shared.shape == (3, 5) and not np.allclose(shared[0], shared[1])  # members differ
+
+
+def test_normalisation_standardises_rewards():
+    model = RewardModel("observation", (2,), seed=0)
+    x = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)
+    model.fit_normalization(x)
+    rewards = model.predict(x)
+    assert abs(rewards.mean()) < 1e-4 and abs(rewards.std() - 1) < 1e-3
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = RewardModel("frame", (48, 48, 3), ensemble_size=2, seed=3)
+    frames = np.random.default_rng(0).integers(0, 255, size=(4, 48, 48, 3), dtype=np.uint8)
+    model.fit_normalization(frames)
+    model.version = 7
+    model.save(tmp_path / "reward.pt")
+    loaded = RewardModel.load(tmp_path / "reward.pt")
+    np.testing.assert_allclose(loaded.predict(frames), model.predict(frames), atol=1e-6)
+    assert loaded.version == 7 and loaded.ensemble_size == 2
+    with pytest.raises(FileNotFoundError, match="RewardModel.save"):
+        RewardModel.load(tmp_path / "missing.pt")
+
+
+def test_bad_shapes_get_clear_errors():
+    with pytest.raises(ValueError, match="at least 48"):
+        RewardModel("frame", (32, 32, 3))
+    with pytest.raises(ValueError, match="input_kind"):
+        RewardModel("pixels", (64, 64, 3))

@@ -16,7 +16,7 @@ import numpy as np
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
 
 
-def _random_return(env_id: str, episodes: int, seed: int) -> float:
+def random_policy_return(env_id: str, episodes: int, seed: int) -> float:
     """Mean true return of uniformly random actions: the floor a learned reward must beat."""
     env = gym.make(env_id)
     env.action_space.seed(seed)
@@ -35,10 +35,27 @@ def _random_return(env_id: str, episodes: int, seed: int) -> float:
 
 def make_labeler(args: argparse.Namespace):
     """The labeler named by ``--labeler``, built from its options."""
-    from vlm_reward_wrappers.labelers import OracleLabeler
+    from vlm_reward_wrappers import labelers
 
     if args.labeler == "oracle":
-        return OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
+        return labelers.OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
+    if args.labeler == "llama":
+        if not (args.model_path and args.mmproj_path):
+            raise SystemExit("--labeler llama needs --model-path and --mmproj-path (GGUF files, see the README)")
+        return labelers.LlamaCppLabeler(
+            args.model_path, args.mmproj_path, chat_handler=args.chat_handler, n_ctx=args.n_ctx,
+            n_threads=args.vlm_threads, n_threads_batch=args.vlm_threads, n_gpu_layers=args.n_gpu_layers,
+            image_size=args.vlm_image_size, two_stage=not args.single_stage,
+        )
+    if args.labeler == "openai":
+        return labelers.OpenAICompatibleLabeler(
+            args.base_url, args.model, api_key_env=args.api_key_env, timeout_s=args.timeout_s,
+            max_concurrency=args.max_concurrency, image_size=args.vlm_image_size, two_stage=not args.single_stage,
+        )
+    if args.labeler == "clip":
+        return labelers.CLIPLabeler(
+            args.clip_model, checkpoint_path=args.clip_checkpoint, pretrained=args.clip_pretrained, margin=args.clip_margin,
+        )
     raise ValueError(f"unknown labeler {args.labeler!r}")
 
 
@@ -81,7 +98,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     return {
         "true_return": float(mean_return),
         "true_return_std": float(std_return),
-        "random_return": _random_return(args.env, args.eval_episodes, args.seed),
+        "random_return": random_policy_return(args.env, args.eval_episodes, args.seed),
         "labels_used": metrics["labels_used"],
         "queries_sent": metrics["queries_sent"],
         "label_accuracy": metrics["label_accuracy"],
@@ -101,8 +118,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
     p.add_argument("--reward-input", default="frame", choices=("frame", "observation"))
     p.add_argument("--image-size", type=int, default=64, help="frame side in pixels")
-    p.add_argument("--labeler", default="oracle", choices=("oracle",), help="who answers the queries")
-    p.add_argument("--mistake-rate", type=float, default=0.0, help="simulated teacher's error rate")
+    p.add_argument("--labeler", default="oracle", choices=("oracle", "llama", "openai", "clip"),
+                   help="who answers the queries: the simulated teacher, a local GGUF VLM, a chat server, CLIP")
+    p.add_argument("--mistake-rate", type=float, default=0.0, help="oracle: simulated teacher's error rate")
+    p.add_argument("--model-path", default=None, help="llama: the VLM's GGUF file")
+    p.add_argument("--mmproj-path", default=None, help="llama: the VLM's vision projector GGUF file")
+    p.add_argument("--chat-handler", default="auto", help="llama: 'auto' or a llama-cpp-python chat format name")
+    p.add_argument("--n-ctx", type=int, default=4096, help="llama: context length in tokens")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="llama: layers on the GPU (-1: all)")
+    p.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: all cores)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: the server's API root")
+    p.add_argument("--model", default="default", help="openai: the model name the server knows")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="openai: seconds to wait for one response")
+    p.add_argument("--max-concurrency", type=int, default=4, help="openai: requests in flight at once")
+    p.add_argument("--vlm-image-size", type=int, default=None, help="llama, openai: longer side of images sent")
+    p.add_argument("--single-stage", action="store_true", help="llama, openai: ask for the answer in one query")
+    p.add_argument("--clip-model", default="ViT-B-32", help="clip: open_clip architecture")
+    p.add_argument("--clip-checkpoint", default=None, help="clip: local weights file")
+    p.add_argument("--clip-pretrained", default=None, help="clip: open_clip weight tag (downloads)")
+    p.add_argument("--clip-margin", type=float, default=0.0, help="clip: similarity differences answered -1")
     p.add_argument("--seed-steps", type=int, default=500)
     p.add_argument("--query-every", type=int, default=1000)
     p.add_argument("--pairs-per-query", type=int, default=50)

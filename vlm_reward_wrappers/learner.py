@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -256,6 +256,7 @@ class PreferenceLearner:
         self.queries_issued = 0
         self._next_query_step = seed_steps
         self._new_labels = 0
+        self._labelled_pairs: Set[FrozenSet[str]] = set()
         self._stats = {
             "no_preference": 0, "labels_compared": 0, "labels_correct": 0, "skipped_batches": 0,
             "updates": 0, "loss": float("nan"), "accuracy": float("nan"), "gt_correlation": float("nan"),
@@ -313,11 +314,11 @@ class PreferenceLearner:
         self._new_labels = 0
         self._stats.update(updates=self._stats["updates"] + 1, loss=stats.loss, accuracy=stats.accuracy)
         if self.buffer is not None and len(self.buffer) >= 2:
-            idx = self.rng.choice(len(self.buffer), size=min(len(self.buffer), 2000), replace=False)
-            inputs = self.buffer.inputs(idx, self.reward_model.input_kind)
-            self.reward_model.fit_normalization(inputs)
+            # The most recent frames: the policy's current state distribution, and no draw on self.rng,
+            # so the pairs a run samples do not depend on when its updates happened.
+            idx = (self.buffer.pos - 1 - np.arange(min(len(self.buffer), 2000))) % self.buffer.capacity
+            predicted = self.reward_model.fit_normalization(self.buffer.inputs(idx, self.reward_model.input_kind))
             gt = self.buffer.gt_rewards[idx]
-            predicted = self.reward_model.predict(inputs)
             valid = np.isfinite(gt)
             if valid.sum() > 2 and gt[valid].std() > 0 and predicted[valid].std() > 0:
                 self._stats["gt_correlation"] = float(np.corrcoef(gt[valid], predicted[valid])[0, 1])
@@ -352,6 +353,10 @@ class PreferenceLearner:
             self._use_label(item.input_a, item.input_b, record, item.query.gt_reward_a, item.query.gt_reward_b)
 
     def _use_label(self, input_a, input_b, record: LabelRecord, gt_a: float, gt_b: float) -> None:
+        pair = frozenset((record.hash_a, record.hash_b))
+        if pair in self._labelled_pairs:
+            return  # a pair drawn again and answered from the store: it is in the dataset already
+        self._labelled_pairs.add(pair)
         if record.preference == NO_PREFERENCE:
             self._stats["no_preference"] += 1
             return

@@ -171,12 +171,13 @@ class RewardModel:
         raw = self.member_rewards(inputs, batch_size).mean(axis=0)
         return ((raw - self.mean) / self.std).astype(np.float32)
 
-    def fit_normalization(self, inputs: np.ndarray) -> None:
-        """Set the normalisation so rewards of ``inputs`` have zero mean and unit variance."""
-        if not self.normalize or len(inputs) < 2:
-            return
+    def fit_normalization(self, inputs: np.ndarray) -> np.ndarray:
+        """Set the normalisation so rewards of ``inputs`` have zero mean and unit variance (when
+        ``normalize``); return those rewards, (B,) float32."""
         raw = self.member_rewards(inputs).mean(axis=0)
-        self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
+        if self.normalize and len(inputs) >= 2:
+            self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
+        return ((raw - self.mean) / self.std).astype(np.float32)
 
     def save(self, path: Union[str, Path]) -> None:
         """Write weights, normalisation and settings to one file."""

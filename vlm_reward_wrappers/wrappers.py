@@ -89,9 +89,11 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         **learner_kwargs: Any,
     ) -> None:
         _check_render_mode(env.render_mode, "VLMRewardWrapper")
+        # No deep copy: labelers hold models and connections; a recreated wrapper shares them.
         gym.utils.RecordConstructorArgs.__init__(
             self, goal=goal, labeler=labeler, reward_input=reward_input, image_size=image_size,
-            reward_model=reward_model, ensemble_size=ensemble_size, seed=seed, **learner_kwargs,
+            reward_model=reward_model, ensemble_size=ensemble_size, seed=seed, _disable_deepcopy=True,
+            **learner_kwargs,
         )
         gym.Wrapper.__init__(self, env)
         self.image_size = image_size

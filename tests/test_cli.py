@@ -1,0 +1,20 @@
+import json
+
+from vlm_reward_wrappers.cli import main
+
+
+def test_train_prints_true_return_labels_and_accuracy(capsys, tmp_path):
+    main(["train", "--algo", "PPO", "--steps", "512", "--seed-steps", "100", "--query-every", "200",
+          "--pairs-per-query", "10", "--epochs-per-update", "2", "--eval-episodes", "2",
+          "--label-store", str(tmp_path / "labels.sqlite"), "--save-reward-model", str(tmp_path / "reward.pt"), "--json"])
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["labels_used"] > 0 and figures["label_accuracy"] == 1.0
+    assert figures["true_return"] <= 0 and figures["random_return"] < 0  # -|angle| summed
+    assert (tmp_path / "reward.pt").is_file() and (tmp_path / "labels.sqlite").is_file()
+
+
+def test_train_prints_a_readable_summary(capsys):
+    main(["train", "--algo", "A2C", "--steps", "200", "--seed-steps", "50", "--query-every", "100",
+          "--pairs-per-query", "5", "--epochs-per-update", "1", "--eval-episodes", "1"])
+    out = capsys.readouterr().out
+    assert "true return (trained policy)" in out and "labels used" in out and "label accuracy" in out

@@ -112,3 +112,21 @@ def test_three_lines_with_sac_and_relabelling(cartpole):
     SAC("MlpPolicy", env, learning_starts=50, seed=0).learn(300, callback=callback)
     assert callback.relabels >= 1
     env.close()
+
+
+def test_metrics_reach_sb3_logger(cartpole, tmp_path):
+    import csv
+
+    from stable_baselines3.common.logger import configure
+
+    from vlm_reward_wrappers import VLMMetricsCallback
+
+    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0, seed_steps=64, query_every=64,
+                           pairs_per_query=8, asynchronous=False)
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(384, callback=VLMMetricsCallback(env))
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert {"vlm/labels_used", "vlm/label_accuracy", "vlm/reward_model/loss", "vlm/queue_length"} <= set(rows[-1])
+    assert float(rows[-1]["vlm/labels_used"]) > 0 and float(rows[-1]["vlm/label_accuracy"]) == 1.0
+    env.close()

@@ -13,6 +13,7 @@ pytest.importorskip("llama_cpp")
 from conftest import GOAL  # noqa: E402
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers import LabelStore, VLMRewardWrapper  # noqa: E402
+from vlm_reward_wrappers.cli import _parser, make_labeler  # noqa: E402
 from vlm_reward_wrappers.labelers import NO_PREFERENCE, LlamaCppLabeler, Query  # noqa: E402
 from vlm_reward_wrappers.labelers.prompts import parse_preference  # noqa: E402
 
@@ -103,7 +104,9 @@ class _ChunkRecorder:
         return result
 
 
-@pytest.mark.parametrize("handler, layout", [("auto", "interleaved"), ("mtmd", "interleaved"), ("llava-1-5", "captioned")])
+@pytest.mark.parametrize(
+    "handler, layout", [("auto", "interleaved"), ("mtmd", "interleaved"), ("llava-1-5", "captioned")]
+)
 def test_the_prompt_really_built_keeps_each_caption_beside_its_image(tiny_vlm, query, handler, layout):
     labeler = LlamaCppLabeler(*tiny_vlm, chat_handler=handler, **FAST)
     recorder = _ChunkRecorder(labeler.chat_handler._mtmd_cpp, labeler.llama)
@@ -130,7 +133,7 @@ def test_trains_inside_the_wrapper_with_answers_in_the_store(tiny_vlm):
     labeler = LlamaCppLabeler(*tiny_vlm, two_stage=False, **FAST)
     store = LabelStore()
     env = VLMRewardWrapper(
-        gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, image_size=32,
+        gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, image_size=48,
         seed=0, label_store=store, asynchronous=False, seed_steps=8, query_every=8, pairs_per_query=3,
     )
     env.reset(seed=0)
@@ -157,3 +160,15 @@ def test_missing_llama_cpp_names_the_extra(tiny_vlm, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(ImportError, match=r"pip install 'vlm-reward-wrappers\[llama\]'"):
         LlamaCppLabeler(*tiny_vlm)
+
+
+def test_the_cli_builds_it_from_its_options(tiny_vlm):
+    model, projector = map(str, tiny_vlm)
+    args = _parser().parse_args(["train", "--labeler", "llama", "--model-path", model, "--mmproj-path", projector,
+                                 "--chat-handler", "llava-1-5", "--vlm-threads", "1", "--single-stage"])
+    labeler = make_labeler(args)
+    labeler.close()
+    assert isinstance(labeler, LlamaCppLabeler) and labeler.chat_handler_name == "llava-1-5"
+    assert labeler.prompt_version == "rlvlmf-single-stage-v1" and labeler.llama.n_threads == 1
+    with pytest.raises(SystemExit, match="--mmproj-path"):
+        make_labeler(_parser().parse_args(["train", "--labeler", "llama", "--model-path", model]))

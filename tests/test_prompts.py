@@ -1,10 +1,14 @@
 import base64
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from vlm_reward_wrappers import labelers
 from vlm_reward_wrappers.labelers import FIRST, NO_PREFERENCE, SECOND
 from vlm_reward_wrappers.labelers.prompts import (
     SINGLE_STAGE_VERSION,
@@ -78,6 +82,8 @@ def test_prompts_follow_rl_vlm_f():
     for prompt in (answer, single_stage_prompt(GOAL + ".")):
         assert "Reply a single line of 0" in prompt and "Reply -1" in prompt
     assert f"The goal is {GOAL}." in single_stage_prompt(GOAL + ".")
+    assert "Reply -1 if the text is unsure" in answer and "Reply -1 if you are unsure" in single_stage_prompt(GOAL)
+    assert "The goal is: the pole is upright." in analysis_prompt("the pole is upright")
     assert prompt_version(True) == TWO_STAGE_VERSION != prompt_version(False) == SINGLE_STAGE_VERSION
 
 
@@ -116,3 +122,17 @@ def test_frame_to_data_uri_is_lossless_png_and_resizes_on_request():
     np.testing.assert_array_equal(_decode(frame_to_data_uri(frame)), frame)
     assert _decode(frame_to_data_uri(frame, image_size=120)).shape == (80, 120, 3)
     assert _decode(frame_to_data_uri(frame, image_size=30)).shape == (20, 30, 3)
+
+
+def test_importing_the_package_loads_no_optional_backend():
+    code = (
+        "import sys, vlm_reward_wrappers, vlm_reward_wrappers.labelers as labelers\n"
+        "assert labelers.OpenAICompatibleLabeler.__name__ == 'OpenAICompatibleLabeler'\n"
+        "assert labelers.LlamaCppLabeler.__name__ == 'LlamaCppLabeler'\n"
+        "assert labelers.CLIPRewardWrapper.__name__ == 'CLIPRewardWrapper'\n"
+        "heavy = [m for m in ('llama_cpp', 'open_clip', 'torchvision') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
+    with pytest.raises(AttributeError):
+        labelers.NoSuchLabeler

@@ -54,7 +54,8 @@ def make_labeler(args: argparse.Namespace):
         )
     if args.labeler == "clip":
         return labelers.CLIPLabeler(
-            args.clip_model, checkpoint_path=args.clip_checkpoint, pretrained=args.clip_pretrained, margin=args.clip_margin,
+            args.clip_model, margin=args.clip_margin, checkpoint_path=args.clip_checkpoint,
+            pretrained=args.clip_pretrained,
         )
     raise ValueError(f"unknown labeler {args.labeler!r}")
 
@@ -126,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-handler", default="auto", help="llama: 'auto' or a llama-cpp-python chat format name")
     p.add_argument("--n-ctx", type=int, default=4096, help="llama: context length in tokens")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="llama: layers on the GPU (-1: all)")
-    p.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: all cores)")
+    p.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: llama.cpp's)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: the server's API root")
     p.add_argument("--model", default="default", help="openai: the model name the server knows")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")

@@ -52,11 +52,6 @@ class ChatLabeler(Labeler):
         self.max_answer_tokens = max_answer_tokens
         self.prompt_version = prompt_version(two_stage)
 
-    def __deepcopy__(self, memo: dict) -> "ChatLabeler":
-        # A handle on a model or a server, not data: gymnasium's wrappers deep-copy their
-        # constructor arguments (RecordConstructorArgs), which must not copy (or fail on) the model.
-        return self
-
     @abc.abstractmethod
     def chat(self, messages: List[Dict], max_tokens: int) -> str:
         """Send OpenAI-style chat messages at temperature 0 and return the reply's text.

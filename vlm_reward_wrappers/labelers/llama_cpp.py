@@ -94,10 +94,11 @@ class LlamaCppLabeler(ChatLabeler):
     :param model_path: the language model's GGUF file.
     :param mmproj_path: its vision projector's GGUF file ("mmproj-...gguf").
     :param chat_handler: "auto" (the model file's own chat template if it has one, else LLaVA-1.5's),
-        or a name from :data:`CHAT_HANDLERS`. Handlers whose template puts images before text get
-        the "captioned" layout, so each "Image k" stays beside its image.
+        or a name from :data:`CHAT_HANDLERS`. All but "mtmd" and "gemma4" are the LLaVA-1.5 family,
+        whose templates put a message's images before its text: they get the "captioned" layout,
+        so each "Image k" stays beside its image.
     :param n_ctx: context length in tokens; both images' tokens and the analysis must fit.
-    :param n_threads: CPU threads for generation (None: all cores).
+    :param n_threads: CPU threads for generation (None: half the cores).
     :param n_threads_batch: CPU threads for prompt and image evaluation (None: all cores).
     :param n_gpu_layers: layers offloaded to a GPU build of llama.cpp (-1: all).
     :param image_size: longer side in pixels of the images sent. Encoders that tile large images
@@ -206,7 +207,7 @@ class LlamaCppLabeler(ChatLabeler):
         ids = {answer: np.array(sorted(tokens - shared), dtype=np.int64) for answer, tokens in candidates.items()}
         for answer in ("0", "1"):
             if not len(ids[answer]):
-                raise ValueError(f"soft_labels: the model's vocabulary has no token of its own for the answer {answer!r}")
+                raise ValueError(f"soft_labels: the vocabulary has no token of its own for the answer {answer!r}")
         return {answer: tokens for answer, tokens in ids.items() if len(tokens)}
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from vlm_reward_wrappers.labelers.base import FIRST, NO_PREFERENCE, SECOND
 
@@ -31,11 +32,11 @@ SINGLE_STAGE_VERSION = "rlvlmf-single-stage-v1"
 
 _ANALYSIS = """1. What is shown in Image 1?
 2. What is shown in Image 2?
-3. The goal is {goal}. Is there any difference between Image 1 and Image 2 in terms of achieving the goal?"""
+3. {goal_sentence} Is there any difference between Image 1 and Image 2 in terms of achieving the goal?"""
 
 _ANSWER_RULES = """Is the goal better achieved in Image 1 or Image 2?
 Reply a single line of 0 if the goal is better achieved in Image 1, or 1 if it is better achieved in Image 2.
-Reply -1 if the text is unsure or there is no difference."""
+Reply -1 if {who} unsure or there is no difference."""
 
 _SUMMARY = """Based on the text below to the questions:
 {questions}
@@ -43,31 +44,34 @@ _SUMMARY = """Based on the text below to the questions:
 
 {rules}"""
 
-_SINGLE = """The goal is {goal}.
+_SINGLE = """{goal_sentence}
 {rules}"""
 
 
-def _goal_phrase(goal: str) -> str:
-    """RL-VLM-F's goals read "to open the drawer"; a bare description reads as well after "The goal is"."""
-    return goal.strip().rstrip(".")
+def _goal_sentence(goal: str) -> str:
+    """RL-VLM-F's goals read "to open the drawer"; a description of the goal state gets a colon."""
+    goal = goal.strip().rstrip(".")
+    return f"The goal is {goal}." if goal.lower().startswith("to ") else f"The goal is: {goal}."
 
 
 def analysis_prompt(goal: str) -> str:
     """Stage 1: describe both images and compare them against the goal."""
-    return _ANALYSIS.format(goal=_goal_phrase(goal))
+    return _ANALYSIS.format(goal_sentence=_goal_sentence(goal))
 
 
 def answer_prompt(goal: str, analysis: str) -> str:
     """Stage 2 (text only): the one-line answer, given the stage-1 analysis."""
-    return _SUMMARY.format(questions=analysis_prompt(goal), analysis=analysis.strip(), rules=_ANSWER_RULES)
+    rules = _ANSWER_RULES.format(who="the text is")
+    return _SUMMARY.format(questions=analysis_prompt(goal), analysis=analysis.strip(), rules=rules)
 
 
 def single_stage_prompt(goal: str) -> str:
     """The one-line answer asked directly, next to the images."""
-    return _SINGLE.format(goal=_goal_phrase(goal), rules=_ANSWER_RULES)
+    return _SINGLE.format(goal_sentence=_goal_sentence(goal), rules=_ANSWER_RULES.format(who="you are"))
 
 
 def prompt_version(two_stage: bool) -> str:
+    """The ``prompt_version`` of labelers asking the two-stage or the single-stage query."""
     return TWO_STAGE_VERSION if two_stage else SINGLE_STAGE_VERSION
 
 
@@ -112,8 +116,6 @@ def frame_to_data_uri(frame: np.ndarray, image_size: Optional[int] = None) -> st
     :param image_size: if given, the frame is resized (aspect kept) so its longer side is this many
         pixels: larger helps VLMs read small frames, smaller caps the image tokens of tiling encoders.
     """
-    from PIL import Image
-
     image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
     if image_size is not None and max(image.size) != image_size:
         scale = image_size / max(image.size)

@@ -1,0 +1,225 @@
+"""OpenAICompatibleLabeler against a real ``python -m llama_cpp.server`` on loopback, serving a tiny VLM."""
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from PIL import Image
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
+
+from conftest import GOAL  # noqa: E402
+from tiny_models import write_tiny_vlm  # noqa: E402
+from vlm_reward_wrappers import VLMRewardWrapper  # noqa: E402
+from vlm_reward_wrappers.cli import _parser, make_labeler  # noqa: E402
+from vlm_reward_wrappers.labelers import NO_PREFERENCE, OpenAICompatibleLabeler, Query  # noqa: E402
+from vlm_reward_wrappers.labelers.openai_api import LabelerUnavailableError  # noqa: E402
+
+KEY_ENV = "VLMRW_TEST_API_KEY"
+KEY = "test-key-not-a-secret"
+# Fast failure in tests: few tokens, one retry, short backoff.
+FAST = dict(api_key_env=KEY_ENV, timeout_s=30, max_retries=1, retry_backoff_s=0.05, max_analysis_tokens=16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` in a subprocess on 127.0.0.1, with the tiny VLM and an API key."""
+
+    def __init__(self, model, projector, log_path, startup_s: float = 60.0):
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--clip_model_path", str(projector),
+             "--chat_format", "mtmd", "--host", "127.0.0.1", "--port", str(self.port), "--api_key", KEY,
+             "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + startup_s
+        while not self._up():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"llama_cpp.server did not start; its log:\n{open(log_path).read()[-3000:]}")
+            time.sleep(0.1)
+
+    def _up(self) -> bool:
+        request = urllib.request.Request(f"{self.base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
+        try:
+            with urllib.request.urlopen(request, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    return write_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+@pytest.fixture
+def start_server(tiny_vlm, tmp_path):
+    """Starts servers on demand; every one is killed at teardown, whatever the test did."""
+    servers = []
+
+    def start():
+        servers.append(LlamaServer(*tiny_vlm, tmp_path / f"server{len(servers)}.log"))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def _queries(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Query(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("two_stage", [True, False])
+def test_queries_to_a_real_server_return_well_formed_preferences(start_server, api_key, two_stage):
+    server = start_server()
+    labeler = OpenAICompatibleLabeler(server.base_url, "tiny", two_stage=two_stage, max_concurrency=3, **FAST)
+    assert labeler.batch_size == 3
+    q1, q2 = _queries(2)
+    answers = labeler.label([q1, q2, q1], GOAL)
+    assert len(answers) == 3 and answers[0] == answers[2]  # in order; temperature 0 is deterministic
+    # The random model writes gibberish, which must read as no preference, its text kept.
+    assert all(answer.preference == NO_PREFERENCE and answer.raw for answer in answers)
+    assert ("[answer] " in answers[0].raw) == two_stage
+
+
+def test_a_missing_api_key_is_refused_at_once_not_retried(start_server, monkeypatch):
+    server = start_server()
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    labeler = OpenAICompatibleLabeler(server.base_url, "tiny", **{**FAST, "retry_backoff_s": 30})
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="HTTP 401"):
+        labeler.label(_queries(1), GOAL)
+    assert time.monotonic() - started < 10  # no 30 s backoff: a refusal is not retried
+    assert KEY not in labeler.labeler_id and KEY not in repr(vars(labeler))
+
+
+def test_a_server_that_is_down_raises_a_clear_error():
+    labeler = OpenAICompatibleLabeler(f"http://127.0.0.1:{_free_port()}", "tiny", **FAST)
+    assert labeler.url.endswith("/v1/chat/completions")
+    with pytest.raises(LabelerUnavailableError, match=r"after 2 attempts.*is the server running"):
+        labeler.label(_queries(1), GOAL)
+
+
+def test_training_goes_on_when_the_server_stops_mid_run(start_server, api_key):
+    server = start_server()
+    labeler = OpenAICompatibleLabeler(server.base_url, "tiny", two_stage=False, max_concurrency=2, **FAST)
+    env = VLMRewardWrapper(
+        gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, seed=0,
+        seed_steps=10, query_every=10, pairs_per_query=4, max_retries=1, retry_backoff_s=0.05,
+    )
+
+    class StopServerMidRun(BaseCallback):
+        """Stops the server once 4 answers are in; ends training once 4 queries were dropped."""
+
+        stopped_at, answered, deadline = None, 0, time.monotonic() + 60
+
+        def _on_step(self):
+            metrics = env.learner.metrics
+            assert time.monotonic() < self.deadline, metrics
+            if self.stopped_at is None and metrics["queries_answered"] >= 4:
+                server.stop()
+                self.stopped_at, self.answered = self.num_timesteps, metrics["queries_answered"]
+            time.sleep(0.002)  # leave the labelling thread some of the 2 cores
+            return self.stopped_at is None or metrics["queries_dropped"] < 4
+
+    callback = StopServerMidRun()
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.learn(100_000, callback=callback)
+    metrics, stored = env.learner.metrics, len(env.learner.store)
+    env.close()
+    assert callback.stopped_at is not None and model.num_timesteps > callback.stopped_at
+    assert metrics["labeler_failures"] >= 2 and metrics["queries_dropped"] >= 4
+    assert metrics["queries_answered"] <= callback.answered + 4  # at most the batch in flight at the stop
+    assert 0 < stored <= metrics["queries_answered"]  # answers from before the stop were kept
+
+
+def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
+    """Against a scripted endpoint: what a real server cannot be made to do on cue."""
+    seen, replies = [], iter([(503, {}), (200, {"choices": [{"message": {"content": "Image 2 is closer. 1"}}]})])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            status, body = next(replies)
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        labeler = OpenAICompatibleLabeler(
+            f"http://127.0.0.1:{httpd.server_port}/", "my-model", two_stage=False, image_size=96,
+            extra_body={"top_k": 1}, **FAST,
+        )
+        answer = labeler.label(_queries(1), GOAL)[0]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert answer.preference == 1 and answer.raw == "Image 2 is closer. 1"
+    assert len(seen) == 2 and seen[0] == seen[1]  # the 503 was retried with the same request
+    path, authorization, body = seen[0]
+    assert path == "/v1/chat/completions" and authorization == f"Bearer {KEY}"
+    assert body["model"] == "my-model" and body["temperature"] == 0.0 and body["top_k"] == 1
+    parts = body["messages"][0]["content"]
+    kinds = [part["type"] for part in parts]
+    images = [i for i, kind in enumerate(kinds) if kind == "image_url"]
+    assert len(images) == 2
+    for k, at in enumerate(images, start=1):
+        assert parts[at - 1]["text"] == f"Image {k}:\n"
+        url = parts[at]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (96, 96)
+
+
+def test_the_cli_builds_it_from_its_options():
+    labeler = make_labeler(_parser().parse_args(
+        ["train", "--labeler", "openai", "--base-url", "http://gpu-box:8000", "--model", "Qwen/Qwen2.5-VL-3B-Instruct",
+         "--max-concurrency", "16", "--vlm-image-size", "448"]
+    ))
+    assert isinstance(labeler, OpenAICompatibleLabeler)
+    assert labeler.url == "http://gpu-box:8000/v1/chat/completions" and labeler.batch_size == 16
+    assert labeler.model == "Qwen/Qwen2.5-VL-3B-Instruct" and labeler.image_size == 448 and labeler.two_stage

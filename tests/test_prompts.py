@@ -130,6 +130,7 @@ def test_importing_the_package_loads_no_optional_backend():
         "assert labelers.OpenAICompatibleLabeler.__name__ == 'OpenAICompatibleLabeler'\n"
         "assert labelers.LlamaCppLabeler.__name__ == 'LlamaCppLabeler'\n"
         "assert labelers.CLIPRewardWrapper.__name__ == 'CLIPRewardWrapper'\n"
+        "assert vlm_reward_wrappers.LlamaCppLabeler is labelers.LlamaCppLabeler\n"
         "heavy = [m for m in ('llama_cpp', 'open_clip', 'torchvision') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

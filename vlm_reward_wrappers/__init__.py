@@ -12,7 +12,20 @@ from vlm_reward_wrappers.wrappers import FrameInfoWrapper, VLMRewardVecEnvWrappe
 
 __version__ = "0.1.0"
 
+#: Optional backends, imported on first use so that importing the package loads none of them.
+_LAZY_LABELERS = ("LlamaCppLabeler", "OpenAICompatibleLabeler", "CLIPLabeler", "CLIPRewardWrapper")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_LABELERS:
+        from vlm_reward_wrappers import labelers
+
+        return getattr(labelers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY_LABELERS,
     "Answer",
     "BradleyTerryTrainer",
     "DisagreementSampler",

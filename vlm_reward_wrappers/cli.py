@@ -162,7 +162,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"{args.algo} on {args.env}, {args.steps} steps, learned reward from the simulated teacher:")
+    teacher = "the simulated teacher" if args.labeler == "oracle" else f"the {args.labeler} labeler"
+    print(f"{args.algo} on {args.env}, {args.steps} steps, reward learned from {teacher}'s preferences:")
     print(f"  true return (trained policy): {figures['true_return']:.1f} +- {figures['true_return_std']:.1f}")
     print(f"  true return (random actions): {figures['random_return']:.1f}")
     print(f"  labels used:                  {figures['labels_used']} ({figures['queries_sent']} queries sent)")

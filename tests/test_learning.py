@@ -16,7 +16,7 @@ from vlm_reward_wrappers import (
     RewardModel,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.cli import random_policy_return
+from vlm_reward_wrappers.benchmark import random_score
 
 
 def test_learned_frame_reward_ranks_cartpole_frames_by_pole_angle():
@@ -47,7 +47,7 @@ def test_sac_on_the_learned_frame_reward_balances_the_pole():
     metrics = env.learner.metrics
     env.close()
     trained, _ = evaluate_policy(model, gym.make("vlmrw/CartPoleAngle-v0"), n_eval_episodes=5)
-    random = random_policy_return("vlmrw/CartPoleAngle-v0", episodes=5, seed=0)
+    random = random_score("vlmrw/CartPoleAngle-v0", episodes=5)
     # True return is -sum |angle| over 100 steps: random actions drop the pole (about -90); measured -1.3.
     assert random < -60
     assert trained > random + 50

@@ -1,4 +1,5 @@
-"""Command line: ``vlm-reward train`` runs an SB3 agent on the learned reward and prints its figures."""
+"""Command line: ``vlm-reward train`` trains an SB3 agent on the learned reward and prints its figures;
+``vlm-reward bench`` compares reward sources against the true reward."""
 
 from __future__ import annotations
 
@@ -14,23 +15,6 @@ import gymnasium as gym
 import numpy as np
 
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
-
-
-def random_policy_return(env_id: str, episodes: int, seed: int) -> float:
-    """Mean true return of uniformly random actions: the floor a learned reward must beat."""
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    returns = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
 
 
 def make_labeler(args: argparse.Namespace):
@@ -68,6 +52,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from vlm_reward_wrappers import LabelStore, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper
+    from vlm_reward_wrappers.benchmark import random_score
     from vlm_reward_wrappers.envs import goal_for
 
     # Small networks on a few cores run several times faster on one thread (notes/install.md).
@@ -99,7 +84,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     return {
         "true_return": float(mean_return),
         "true_return_std": float(std_return),
-        "random_return": random_policy_return(args.env, args.eval_episodes, args.seed),
+        "random_return": random_score(args.env, args.eval_episodes, seed=args.seed),
         "labels_used": metrics["labels_used"],
         "queries_sent": metrics["queries_sent"],
         "label_accuracy": metrics["label_accuracy"],
@@ -109,36 +94,46 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     }
 
 
+def _labeler_options() -> argparse.ArgumentParser:
+    """The options of :func:`make_labeler`, shared by the commands that label."""
+    labeler = argparse.ArgumentParser(add_help=False)
+    labeler.add_argument("--labeler", default="oracle", choices=("oracle", "llama", "openai", "clip"),
+                         help="who answers the queries: the simulated teacher, a local GGUF VLM, a chat server, CLIP")
+    labeler.add_argument("--mistake-rate", type=float, default=0.0, help="oracle: simulated teacher's error rate")
+    labeler.add_argument("--model-path", default=None, help="llama: the VLM's GGUF file")
+    labeler.add_argument("--mmproj-path", default=None, help="llama: the VLM's vision projector GGUF file")
+    labeler.add_argument("--chat-handler", default="auto", help="llama: 'auto' or a llama-cpp-python chat format name")
+    labeler.add_argument("--n-ctx", type=int, default=4096, help="llama: context length in tokens")
+    labeler.add_argument("--n-gpu-layers", type=int, default=0, help="llama: layers on the GPU (-1: all)")
+    labeler.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: llama.cpp's)")
+    labeler.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: the server's API root")
+    labeler.add_argument("--model", default="default", help="openai: the model name the server knows")
+    labeler.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
+    labeler.add_argument("--timeout-s", type=float, default=300.0, help="openai: seconds to wait for one response")
+    labeler.add_argument("--max-concurrency", type=int, default=4, help="openai: requests in flight at once")
+    labeler.add_argument("--vlm-image-size", type=int, default=None, help="llama, openai: longer side of images sent")
+    labeler.add_argument("--single-stage", action="store_true", help="llama, openai: ask for the answer in one query")
+    labeler.add_argument("--clip-model", default="ViT-B-32", help="clip: open_clip architecture")
+    labeler.add_argument("--clip-checkpoint", default=None, help="clip: local weights file")
+    labeler.add_argument("--clip-pretrained", default=None, help="clip: open_clip weight tag (downloads)")
+    labeler.add_argument("--clip-margin", type=float, default=0.0, help="clip: similarity differences answered -1")
+    return labeler
+
+
 def _parser() -> argparse.ArgumentParser:
+    from vlm_reward_wrappers.benchmark import SIMULATED_SOURCES, SIZES, SMOKE_TASKS, TASKS
+
     parser = argparse.ArgumentParser(prog="vlm-reward", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train an SB3 agent on the learned reward and print true return and label figures")
+    labeler = _labeler_options()
+    p = sub.add_parser("train", parents=[labeler],
+                       help="train an SB3 agent on the learned reward and print true return and label figures")
     p.add_argument("--env", default="vlmrw/CartPoleAngle-v0", help="Gymnasium id (rendered as rgb_array)")
     p.add_argument("--goal", default=None, help="the task in words (default: the registered goal of --env)")
     p.add_argument("--algo", default="PPO", choices=ALGOS)
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
     p.add_argument("--reward-input", default="frame", choices=("frame", "observation"))
     p.add_argument("--image-size", type=int, default=64, help="frame side in pixels")
-    p.add_argument("--labeler", default="oracle", choices=("oracle", "llama", "openai", "clip"),
-                   help="who answers the queries: the simulated teacher, a local GGUF VLM, a chat server, CLIP")
-    p.add_argument("--mistake-rate", type=float, default=0.0, help="oracle: simulated teacher's error rate")
-    p.add_argument("--model-path", default=None, help="llama: the VLM's GGUF file")
-    p.add_argument("--mmproj-path", default=None, help="llama: the VLM's vision projector GGUF file")
-    p.add_argument("--chat-handler", default="auto", help="llama: 'auto' or a llama-cpp-python chat format name")
-    p.add_argument("--n-ctx", type=int, default=4096, help="llama: context length in tokens")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="llama: layers on the GPU (-1: all)")
-    p.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: llama.cpp's)")
-    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: the server's API root")
-    p.add_argument("--model", default="default", help="openai: the model name the server knows")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
-    p.add_argument("--timeout-s", type=float, default=300.0, help="openai: seconds to wait for one response")
-    p.add_argument("--max-concurrency", type=int, default=4, help="openai: requests in flight at once")
-    p.add_argument("--vlm-image-size", type=int, default=None, help="llama, openai: longer side of images sent")
-    p.add_argument("--single-stage", action="store_true", help="llama, openai: ask for the answer in one query")
-    p.add_argument("--clip-model", default="ViT-B-32", help="clip: open_clip architecture")
-    p.add_argument("--clip-checkpoint", default=None, help="clip: local weights file")
-    p.add_argument("--clip-pretrained", default=None, help="clip: open_clip weight tag (downloads)")
-    p.add_argument("--clip-margin", type=float, default=0.0, help="clip: similarity differences answered -1")
     p.add_argument("--seed-steps", type=int, default=500)
     p.add_argument("--query-every", type=int, default=1000)
     p.add_argument("--pairs-per-query", type=int, default=50)
@@ -151,13 +146,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+
+    b = sub.add_parser("bench", parents=[labeler], help="benchmark reward sources against the true reward")
+    b.add_argument("--size", default="smoke", choices=SIZES, help="smoke: minutes on 2 CPU cores; full: RL-VLM-F's budgets")
+    b.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS),
+                   help=f"default: {' '.join(SMOKE_TASKS)} (smoke), all (full)")
+    b.add_argument("--sources", nargs="+", default=list(SIMULATED_SOURCES),
+                   help="true, oracle, mistake-<rate>, and 'vlm' (the --labeler given) or 'clip'")
+    b.add_argument("--seeds", nargs="+", type=int, default=[0])
+    b.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
     return parser
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Run the benchmark grid and write its table and curves."""
+    from pathlib import Path
+
+    from vlm_reward_wrappers.benchmark import SMOKE_TASKS, TASKS, run_benchmark
+
+    tasks = args.tasks or (list(SMOKE_TASKS) if args.size == "smoke" else sorted(TASKS))
+    labelers = {}
+    if args.labeler in ("llama", "openai"):
+        labelers["vlm"] = lambda: make_labeler(args)
+    if "clip" in args.sources:
+        labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
+    out = Path(args.out or Path("benchmarks") / "results" / args.size)
+    run_benchmark(args.size, tasks, args.sources, args.seeds, out, labelers)
+    print((out / "results.md").read_text())
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        bench(args)
+        return
     figures = train(args)
     if args.json:
         print(json.dumps(figures))

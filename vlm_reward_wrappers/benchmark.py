@@ -1,0 +1,317 @@
+"""Benchmarks against the true reward: task x reward source x algorithm x seed.
+
+Each run trains an SB3 agent on one reward source and evaluates it every ``eval_every`` steps on the
+env's true reward (or success), so learned rewards are judged by what the user wants, not by
+themselves. Results go to ``<out>/results.jsonl`` (one JSON line a run), ``<out>/results.md`` (a
+table) and ``<out>/<task>.png`` (learning curves).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from vlm_reward_wrappers.labelers.base import Labeler
+
+SIZES = ("smoke", "full")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One benchmark task: the env, how it is trained at each size and how it is scored.
+
+    :param env_id: Gymnasium id, rendered as rgb_array for learned rewards.
+    :param algo: SB3 algorithm name.
+    :param steps: env steps per size.
+    :param learner: PreferenceLearner settings per size (RL-VLM-F's budgets for "full").
+    :param eval_every: env steps between evaluations, per size.
+    :param eval_episodes: episodes per evaluation.
+    :param metric: "return" (true return) or "success" (fraction of episodes with info["success"]).
+    :param algo_kwargs: constructor arguments of the algorithm.
+    """
+
+    env_id: str
+    algo: str
+    steps: Dict[str, int]
+    learner: Dict[str, dict]
+    eval_every: Dict[str, int]
+    eval_episodes: int = 5
+    metric: str = "return"
+    algo_kwargs: dict = field(default_factory=dict)
+
+
+def _metaworld(task: str) -> TaskConfig:
+    return TaskConfig(
+        f"vlmrw/MetaWorld-{task}-v0", "SAC",
+        steps={"smoke": 2000, "full": 1_000_000},
+        learner={
+            "smoke": dict(seed_steps=500, query_every=500, pairs_per_query=40, feedback_budget=200, epochs_per_update=10),
+            "full": dict(seed_steps=10_000, query_every=4000, pairs_per_query=40, feedback_budget=20_000, epochs_per_update=10),
+        },
+        eval_every={"smoke": 1000, "full": 20_000}, eval_episodes=3, metric="success",
+        algo_kwargs=dict(learning_starts=500),
+    )
+
+
+TASKS: Dict[str, TaskConfig] = {
+    # RL-VLM-F's CartPole: continuous force, 100 steps, true reward -|angle|.
+    "cartpole-angle": TaskConfig(
+        "vlmrw/CartPoleAngle-v0", "SAC",
+        steps={"smoke": 5000, "full": 500_000},
+        learner={
+            "smoke": dict(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=250, epochs_per_update=20),
+            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=50, feedback_budget=10_000, epochs_per_update=50),
+        },
+        eval_every={"smoke": 1000, "full": 10_000}, algo_kwargs=dict(learning_starts=500),
+    ),
+    # Gymnasium's CartPole pays +1 a step: the teacher sees only ties (kept to show the pitfall).
+    "cartpole": TaskConfig(
+        "CartPole-v1", "PPO",
+        steps={"smoke": 10_000, "full": 500_000},
+        learner={
+            "smoke": dict(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=500, epochs_per_update=20),
+            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=50, feedback_budget=10_000, epochs_per_update=50),
+        },
+        eval_every={"smoke": 2000, "full": 10_000},
+    ),
+    "drawer-open": _metaworld("drawer-open"),
+    "sweep-into": _metaworld("sweep-into"),
+    "soccer": _metaworld("soccer"),
+    # RL-VLM-F's cloth fold is a one-step task: one place of the held corner per episode.
+    "cloth-fold": TaskConfig(
+        "vlmrw/ClothFold-v0", "SAC",
+        steps={"smoke": 300, "full": 15_000},
+        learner={
+            "smoke": dict(seed_steps=50, query_every=50, pairs_per_query=25, feedback_budget=125, epochs_per_update=25),
+            "full": dict(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500, epochs_per_update=25),
+        },
+        eval_every={"smoke": 100, "full": 1000}, eval_episodes=10, algo_kwargs=dict(learning_starts=50),
+    ),
+    "rope": TaskConfig(
+        "vlmrw/RopeStraighten-v0", "SAC",
+        steps={"smoke": 500, "full": 600_000},
+        learner={
+            "smoke": dict(seed_steps=100, query_every=100, pairs_per_query=25, feedback_budget=125, epochs_per_update=30),
+            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000, epochs_per_update=30),
+        },
+        eval_every={"smoke": 100, "full": 10_000}, algo_kwargs=dict(learning_starts=100),
+    ),
+}
+
+#: What the smoke size runs: the tasks and reward sources that fit in minutes on 2 CPU cores.
+SMOKE_TASKS = ("cartpole-angle", "cloth-fold", "drawer-open")
+SIMULATED_SOURCES = ("true", "oracle", "mistake-0.1", "mistake-0.2", "mistake-0.3")
+
+
+def simulated_labeler(source: str, seed: int) -> Labeler:
+    """The simulated teacher of a reward source: "oracle" or "mistake-<rate>"."""
+    from vlm_reward_wrappers.labelers.oracle import OracleLabeler
+
+    if source == "oracle":
+        return OracleLabeler(seed=seed)
+    if source.startswith("mistake-"):
+        return OracleLabeler(mistake_rate=float(source.split("-", 1)[1]), seed=seed)
+    raise ValueError(f"{source!r} is not a simulated teacher: use 'oracle' or 'mistake-<rate>'")
+
+
+class TrueScoreCallback(BaseCallback):
+    """Evaluates the policy every ``eval_every`` steps on the env's true reward or success.
+
+    Success counts an episode in which ``info["success"]`` was ever true (MetaWorld's convention).
+    ``curve`` holds (env steps, score) pairs.
+    """
+
+    def __init__(self, eval_env: gym.Env, eval_every: int, episodes: int, metric: str) -> None:
+        super().__init__()
+        self.eval_env, self.eval_every, self.episodes, self.metric = eval_env, eval_every, episodes, metric
+        self.curve: List[List[float]] = []
+        self._next = 0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.eval_every
+            self.curve.append([self.num_timesteps, self.evaluate()])
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.curve or self.curve[-1][0] != self.num_timesteps:
+            self.curve.append([self.num_timesteps, self.evaluate()])
+
+    def evaluate(self) -> float:
+        return policy_score(lambda obs: self.model.predict(obs, deterministic=True)[0], self.eval_env,
+                            self.episodes, self.metric, seed=10_000)
+
+
+def policy_score(act: Callable, env: gym.Env, episodes: int, metric: str, seed: int) -> float:
+    """Mean true return, or success rate, of ``act(obs) -> action`` over ``episodes`` seeded episodes."""
+    scores = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, success, done = 0.0, False, False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+            total += float(reward)
+            success = success or bool(info.get("success", False))
+            done = terminated or truncated
+        scores.append(float(success) if metric == "success" else total)
+    return float(np.mean(scores))
+
+
+def run_one(
+    task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None
+) -> dict:
+    """Train one agent on one reward source and return its figures and curve."""
+    import stable_baselines3
+    import torch
+
+    from vlm_reward_wrappers import RelabelReplayBufferCallback, VLMRewardWrapper
+    from vlm_reward_wrappers.envs import goal_for
+
+    torch.set_num_threads(1)
+    config = TASKS[task]
+    learned = source != "true"
+    env = gym.make(config.env_id, render_mode="rgb_array" if learned else None)
+    if learned:
+        simulated = labeler is None
+        labeler = simulated_labeler(source, seed) if simulated else labeler
+        env = VLMRewardWrapper(env, goal=goal_for(config.env_id), labeler=labeler, seed=seed,
+                               asynchronous=not simulated, **config.learner[size])
+    eval_env = gym.make(config.env_id)
+    scorer = TrueScoreCallback(eval_env, config.eval_every[size], config.eval_episodes, config.metric)
+    callbacks: List[BaseCallback] = [scorer]
+    algo_cls = getattr(stable_baselines3, config.algo)
+    model = algo_cls("MlpPolicy", env, seed=seed, verbose=0, **config.algo_kwargs)
+    if learned and config.algo in ("SAC", "TD3", "DQN"):
+        callbacks.insert(0, RelabelReplayBufferCallback(env))
+    started = time.perf_counter()
+    model.learn(config.steps[size], callback=CallbackList(callbacks))
+    wall_s = time.perf_counter() - started
+    result = {
+        "task": task, "env_id": config.env_id, "source": source, "algo": config.algo, "seed": seed, "size": size,
+        "steps": config.steps[size], "metric": config.metric, "curve": scorer.curve,
+        "final": scorer.curve[-1][1], "auc": float(np.mean([score for _, score in scorer.curve])),
+        "wall_s": wall_s, "env_steps_per_s": config.steps[size] / wall_s,
+        "queries": 0, "labels_used": 0, "label_accuracy": None,
+    }
+    if learned:
+        env.learner.flush(timeout=60)
+        metrics = env.learner.metrics
+        accuracy = metrics["label_accuracy"]
+        result.update(queries=metrics["queries_issued"], labels_used=metrics["labels_used"],
+                      label_accuracy=None if np.isnan(accuracy) else accuracy)
+    env.close()
+    eval_env.close()
+    return result
+
+
+def random_score(env_id: str, episodes: int, metric: str = "return", seed: int = 10_000) -> float:
+    """Score of uniformly random actions: the floor a learned reward must beat, and the zero of the
+    normalised scores."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    score = policy_score(lambda obs: env.action_space.sample(), env, episodes, metric, seed=seed)
+    env.close()
+    return score
+
+
+def normalise(results: List[dict], random: Dict[str, float]) -> None:
+    """Add ``final_norm`` and ``auc_norm``: (score - random) / (true-reward run's score - random),
+    so 0 is random actions and 1 the agent trained on the true reward (same task and seed)."""
+    truth = {(r["task"], r["seed"]): r for r in results if r["source"] == "true"}
+    for r in results:
+        ref = truth.get((r["task"], r["seed"]))
+        for key in ("final", "auc"):
+            span = None if ref is None else ref[key] - random[r["task"]]
+            r[f"{key}_norm"] = None if not span else (r[key] - random[r["task"]]) / span
+
+
+def write_report(results: List[dict], random: Dict[str, float], out: Path, machine: str) -> None:
+    """results.jsonl, results.md and one learning-curve PNG per task under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+
+    def fmt(value, spec=".2f"):
+        return "n/a" if value is None else format(value, spec)
+
+    lines = [
+        f"Machine: {machine}. Scores on the true reward (return) or success rate; normalised "
+        "(score - random) / (true-reward run - random): 0 is random actions, 1 the true-reward agent.",
+        "",
+        "| task | reward source | algo | seed | steps | final | final (norm.) | AUC (norm.) | queries | label acc. | wall s | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['task']} | {r['source']} | {r['algo']} | {r['seed']} | {r['steps']} | {fmt(r['final'])} | "
+            f"{fmt(r.get('final_norm'))} | {fmt(r.get('auc_norm'))} | {r['queries']} | {fmt(r['label_accuracy'])} | "
+            f"{r['wall_s']:.0f} | {r['env_steps_per_s']:.0f} |"
+        )
+    lines += ["", "Random actions: " + ", ".join(f"{t} {s:.2f}" for t, s in random.items())]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    for task in sorted({r["task"] for r in results}):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for r in (r for r in results if r["task"] == task):
+            steps, scores = zip(*r["curve"])
+            ax.plot(steps, scores, marker="o", markersize=3, label=f"{r['source']} (seed {r['seed']})")
+        ax.axhline(random[task], color="grey", linestyle="--", label="random actions")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("success rate" if TASKS[task].metric == "success" else "true return")
+        ax.set_title(f"{task} ({TASKS[task].algo})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{task}.png", dpi=100)
+        plt.close(fig)
+
+
+def machine_description() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} on CPU, 1 thread"
+
+
+def run_benchmark(
+    size: str,
+    tasks: Sequence[str],
+    sources: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    labelers: Optional[Dict[str, Callable[[], Labeler]]] = None,
+) -> List[dict]:
+    """Run every task x source x seed, with a progress bar, and write the report to ``out``.
+
+    :param labelers: factories of real labelers by source name (e.g. "clip", "vlm").
+    """
+    from tqdm import tqdm
+
+    labelers = labelers or {}
+    unknown = [s for s in sources if s not in SIMULATED_SOURCES and s not in labelers]
+    if unknown:
+        raise ValueError(
+            f"reward sources {unknown} need a labeler: 'vlm' takes --labeler llama (with --model-path, "
+            "--mmproj-path) or --labeler openai (with --base-url); 'clip' takes --clip-checkpoint"
+        )
+    jobs = [(t, s, seed) for t in tasks for seed in seeds for s in sources]
+    results = []
+    for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
+        factory = labelers.get(source)
+        results.append(run_one(task, source, seed, size, factory() if factory else None))
+    random = {t: random_score(TASKS[t].env_id, TASKS[t].eval_episodes, TASKS[t].metric) for t in tasks}
+    normalise(results, random)
+    write_report(results, random, out, machine_description())
+    return results

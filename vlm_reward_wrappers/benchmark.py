@@ -134,7 +134,10 @@ class TrueScoreCallback(BaseCallback):
         super().__init__()
         self.eval_env, self.eval_every, self.episodes, self.metric = eval_env, eval_every, episodes, metric
         self.curve: List[List[float]] = []
-        self._next = 0
+        self._next = eval_every
+
+    def _on_training_start(self) -> None:
+        self.curve.append([self.num_timesteps, self.evaluate()])
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:

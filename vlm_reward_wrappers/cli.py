@@ -67,9 +67,12 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
         feedback_budget=args.feedback_budget, epochs_per_update=args.epochs_per_update,
     )
     algo_cls = getattr(stable_baselines3, args.algo)
-    model = algo_cls("MlpPolicy", env, seed=args.seed, verbose=0, tensorboard_log=args.tensorboard_log)
+    off_policy = args.algo in ("SAC", "TD3", "DQN")
+    # Off-policy updates wait for the first labels: before them the reward model is untrained noise.
+    algo_kwargs = {"learning_starts": args.seed_steps} if off_policy else {}
+    model = algo_cls("MlpPolicy", env, seed=args.seed, verbose=0, tensorboard_log=args.tensorboard_log, **algo_kwargs)
     callbacks: List = [VLMMetricsCallback(env)]
-    if args.algo in ("SAC", "TD3", "DQN"):
+    if off_policy:
         callbacks.append(RelabelReplayBufferCallback(env))
     started = time.perf_counter()
     model.learn(args.steps, callback=CallbackList(callbacks), progress_bar=sys.stderr.isatty())

@@ -1,0 +1,96 @@
+"""Cloth tasks: SoftGym's true rewards, a scripted fold and flatten beat random actions, the cloth is in frame."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from vlm_reward_wrappers.envs.cloth import ClothFlattenEnv, ClothFoldEnv
+from vlm_reward_wrappers.envs.scripted import flatten_cloth, fold_cloth
+
+SEEDS = range(4)
+
+
+def cloth_pixels(frame: np.ndarray) -> np.ndarray:
+    """Mask of the orange cloth's pixels (the table is grey: its red and blue channels are alike)."""
+    frame = frame.astype(int)
+    return frame[..., 0] - frame[..., 2] > 80
+
+
+def run(env, actions) -> dict:
+    """The info of the last step of ``actions``."""
+    for action in actions:
+        info = env.step(action)[4]
+    return info
+
+
+@pytest.fixture
+def fold():
+    env = ClothFoldEnv(render_mode="rgb_array", image_size=96)
+    yield env
+    env.close()
+
+
+def test_reward_is_softgym_clothfold(fold):
+    _, info = fold.reset(seed=0)
+    assert info["normalized_performance"] == 0.0 and info["performance"] < -0.1
+    points = fold.points()
+    # Moving the whole cloth by d leaves the halves' distance as it was and adds 1.2 d of fixation penalty.
+    fold._set_vertices(points + [0.05, 0.0, 0.0])
+    fold._mujoco.mj_forward(fold.model, fold.data)
+    reward, moved = fold._evaluate()
+    assert moved["neg_fixation_dist"] == pytest.approx(-0.05, abs=1e-6)
+    assert reward == pytest.approx(info["performance"] - 1.2 * 0.05, abs=1e-6)
+    # Folded exactly onto the fixed half: reward 0, normalized performance 1.
+    points[fold.group_a] = points[fold.group_b]
+    fold._set_vertices(points)
+    fold._mujoco.mj_forward(fold.model, fold.data)
+    reward, folded = fold._evaluate()
+    assert reward == pytest.approx(0.0, abs=1e-6) and folded["normalized_performance"] == pytest.approx(1.0)
+    assert folded["success"]
+
+
+def test_scripted_one_step_fold_beats_random_places(fold):
+    scripted, random = [], []
+    for seed in SEEDS:
+        fold.reset(seed=seed)
+        scripted.append(run(fold, fold_cloth(fold))["normalized_performance"])
+        fold.reset(seed=seed)
+        fold.action_space.seed(seed)
+        random.append(run(fold, [fold.action_space.sample()])["normalized_performance"])
+    assert min(scripted) > 0.85 and np.mean(random) < 0.4
+    assert min(scripted) > max(random)
+
+
+def test_multi_step_fold_picks_anywhere():
+    env = gym.make("vlmrw/ClothFoldMultiStep-v0")
+    env.reset(seed=0)
+    (action,) = fold_cloth(env)
+    assert action.shape == (4,)
+    _, _, _, truncated, info = env.step(action)
+    assert info["success"] and info["normalized_performance"] > 0.85 and not truncated
+    env.close()
+
+
+def test_frames_show_the_cloth_and_its_fold(fold):
+    fold.reset(seed=0)
+    flat = cloth_pixels(fold.render())
+    run(fold, fold_cloth(fold))
+    folded = cloth_pixels(fold.render())
+    # The top camera sees about a fifth of the table covered by the flat cloth, then about half of that.
+    assert 0.1 < flat.mean() < 0.4 and 0.3 < folded.mean() / flat.mean() < 0.7
+    rows, cols = np.nonzero(folded)
+    assert rows.mean() > np.nonzero(flat)[0].mean() and cols.mean() > np.nonzero(flat)[1].mean()  # bottom right
+
+
+def test_scripted_flatten_beats_random_moves():
+    env = ClothFlattenEnv()
+    scripted, random = [], []
+    for seed in SEEDS[:2]:
+        _, info = env.reset(seed=seed)
+        assert info["covered_fraction"] < 0.8 and info["performance"] < env.flat_area
+        scripted.append(run(env, flatten_cloth(env))["covered_fraction"])
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        random.append(run(env, [env.action_space.sample() for _ in range(4)])["covered_fraction"])
+    assert min(scripted) > 0.85 and min(scripted) > max(random) + 0.3
+    env.close()

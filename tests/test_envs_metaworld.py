@@ -1,0 +1,55 @@
+"""MetaWorld tasks framed as in RL-VLM-F: its cameras and crops, frames right side up, success in info."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from metaworld.policies import SawyerDrawerOpenV3Policy  # noqa: E402
+
+from vlm_reward_wrappers.envs.metaworld import make_metaworld_env, metaworld_task_name, rlvlmf_camera  # noqa: E402
+
+
+def test_rl_vlm_f_cameras_look_down_at_the_table_with_its_crops():
+    for task, cropped in (("sweep-into", True), ("drawer-open", True), ("soccer", False)):
+        camera, fovy = rlvlmf_camera(task)
+        assert -90 < camera["elevation"] < 0  # looking down; a free camera has no roll, so it is upright
+        # The centre 300 of 480 pixels of a 45 degree view is a 29 degree view.
+        assert fovy == pytest.approx(29.03 if cropped else 45.0, abs=0.01)
+    assert metaworld_task_name("soccer") == "soccer-v3" and metaworld_task_name("soccer-v3") == "soccer-v3"
+    with pytest.raises(ValueError, match="camera="):
+        rlvlmf_camera("reach")
+
+
+def test_named_upside_down_cameras_are_turned_upright():
+    env = make_metaworld_env("drawer-open", image_size=32, camera="corner")
+    sawyer = env.metaworld_env.unwrapped
+    camera = sawyer.model.camera("corner").id
+    env.reset(seed=0)
+    assert sawyer.data.cam_xmat[camera].reshape(3, 3)[2, 1] > 0  # the image's up axis points up
+    env.close()
+
+
+@pytest.mark.filterwarnings("ignore:Constant")  # MetaWorld's policies warn that they clip their own gains
+def test_scripted_drawer_opening_succeeds_and_shows_in_frames():
+    env = make_metaworld_env("drawer-open", image_size=96, seed=0)
+    obs, _ = env.reset(seed=0)
+    first = env.render()
+    policy = SawyerDrawerOpenV3Policy()
+    for _ in range(150):
+        obs, reward, terminated, truncated, info = env.step(policy.get_action(obs))
+        if info["success"]:
+            break
+    assert info["success"] and not terminated and not truncated
+    # With the robot hidden, frames change only as the drawer moves.
+    assert np.abs(env.render().astype(int) - first).mean() > 1.0
+    env.close()
+
+
+def test_sweep_into_block_is_green_as_in_the_goal():
+    env = make_metaworld_env("sweep-into", image_size=96, seed=0)
+    env.reset(seed=0)
+    frame = env.render().astype(int)
+    green = (frame[..., 1] - frame[..., 0] > 60) & (frame[..., 1] - frame[..., 2] > 60)
+    assert green.sum() > 10
+    env.close()

@@ -52,12 +52,12 @@ class TaskConfig:
 def _metaworld(task: str) -> TaskConfig:
     return TaskConfig(
         f"vlmrw/MetaWorld-{task}-v0", "SAC",
-        steps={"smoke": 2000, "full": 1_000_000},
+        steps={"smoke": 1000, "full": 1_000_000},
         learner={
-            "smoke": dict(seed_steps=500, query_every=500, pairs_per_query=40, feedback_budget=200, epochs_per_update=10),
+            "smoke": dict(seed_steps=250, query_every=250, pairs_per_query=40, feedback_budget=160, epochs_per_update=10),
             "full": dict(seed_steps=10_000, query_every=4000, pairs_per_query=40, feedback_budget=20_000, epochs_per_update=10),
         },
-        eval_every={"smoke": 1000, "full": 20_000}, eval_episodes=3, metric="success",
+        eval_every={"smoke": 500, "full": 20_000}, eval_episodes=3, metric="success",
         algo_kwargs=dict(learning_starts=500),
     )
 
@@ -89,12 +89,12 @@ TASKS: Dict[str, TaskConfig] = {
     # RL-VLM-F's cloth fold is a one-step task: one place of the held corner per episode.
     "cloth-fold": TaskConfig(
         "vlmrw/ClothFold-v0", "SAC",
-        steps={"smoke": 300, "full": 15_000},
+        steps={"smoke": 200, "full": 15_000},
         learner={
             "smoke": dict(seed_steps=50, query_every=50, pairs_per_query=25, feedback_budget=125, epochs_per_update=25),
             "full": dict(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500, epochs_per_update=25),
         },
-        eval_every={"smoke": 100, "full": 1000}, eval_episodes=10, algo_kwargs=dict(learning_starts=50),
+        eval_every={"smoke": 50, "full": 1000}, eval_episodes=10, algo_kwargs=dict(learning_starts=50),
     ),
     "rope": TaskConfig(
         "vlmrw/RopeStraighten-v0", "SAC",
@@ -228,13 +228,16 @@ def random_score(env_id: str, episodes: int, metric: str = "return", seed: int =
 
 def normalise(results: List[dict], random: Dict[str, float]) -> None:
     """Add ``final_norm`` and ``auc_norm``: (score - random) / (true-reward run's score - random),
-    so 0 is random actions and 1 the agent trained on the true reward (same task and seed)."""
+    so 0 is random actions and 1 the agent trained on the true reward (same task and seed).
+
+    None where there is no true-reward run or it did not beat random actions: a fraction of nothing
+    would only amplify noise."""
     truth = {(r["task"], r["seed"]): r for r in results if r["source"] == "true"}
     for r in results:
         ref = truth.get((r["task"], r["seed"]))
         for key in ("final", "auc"):
             span = None if ref is None else ref[key] - random[r["task"]]
-            r[f"{key}_norm"] = None if not span else (r[key] - random[r["task"]]) / span
+            r[f"{key}_norm"] = (r[key] - random[r["task"]]) / span if span and span > 0 else None
 
 
 def write_report(results: List[dict], random: Dict[str, float], out: Path, machine: str) -> None:
@@ -254,7 +257,8 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
 
     lines = [
         f"Machine: {machine}. Scores on the true reward (return) or success rate; normalised "
-        "(score - random) / (true-reward run - random): 0 is random actions, 1 the true-reward agent.",
+        "(score - random) / (true-reward run - random): 0 is random actions, 1 the true-reward agent; "
+        "n/a where the true-reward run did not beat random actions.",
         "",
         "| task | reward source | algo | seed | steps | final | final (norm.) | AUC (norm.) | queries | label acc. | wall s | steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -13,9 +13,11 @@ EXTRAS = {
     "mujoco": ["mujoco==3.3.*"],
     "metaworld": ["metaworld>=3.1.1", "mujoco==3.3.*"],
     "offline": ["minari[hdf5]>=0.5.4"],
+    # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
+    "bench": ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0"],
 }
 EXTRAS["dev"] = sorted(
-    {"pytest>=8", "gguf>=0.19.0", *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["offline"]}
+    {"pytest>=8", "gguf>=0.19.0", *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["bench"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -1,5 +1,6 @@
 """Command line: ``vlm-reward train`` trains an SB3 agent on the learned reward and prints its figures;
-``vlm-reward bench`` compares reward sources against the true reward."""
+``vlm-reward bench`` compares reward sources against the true reward; ``vlm-reward label`` relabels a
+fixed dataset's rewards with a VLM (offline)."""
 
 from __future__ import annotations
 
@@ -158,6 +159,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="true, oracle, mistake-<rate>, and 'vlm' (the --labeler given) or 'clip'")
     b.add_argument("--seeds", nargs="+", type=int, default=[0])
     b.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
+
+    o = sub.add_parser("label", parents=[labeler],
+                       help="relabel a Minari dataset's rewards with VLM scores (RG-VLM) or a reward model "
+                            "trained on VLM preferences (RL-VLM-F), written as a new Minari dataset")
+    o.add_argument("--dataset", required=True, help="local Minari dataset id, or a dataset's folder")
+    o.add_argument("--out", required=True, help="id of the new Minari dataset (under MINARI_DATASETS_PATH)")
+    o.add_argument("--method", default="score", choices=("score", "preference"),
+                   help="score: 0-10 per transition from windows of frames; preference: reward model on pairs")
+    o.add_argument("--goal", default=None, help="the task in words (default: the registered goal of the dataset's env)")
+    o.add_argument("--weight", type=float, default=1.0, help="reward = weight x VLM reward")
+    o.add_argument("--add-dataset-reward", action="store_true",
+                   help="reward = dataset reward (e.g. sparse success) + weight x VLM reward")
+    o.add_argument("--frame-key", default=None, help="'observations', 'observations/<key>' or 'infos/<key>' "
+                   "(default: image observations, else a frame in the infos)")
+    o.add_argument("--true-reward-key", default="gt_reward",
+                   help="info key of the true reward, for oracle teachers and figures (default: the dataset's rewards)")
+    o.add_argument("--label-store", default="vlm-labels.sqlite", help="sqlite file keeping every answer (resume)")
+    o.add_argument("--window", type=int, default=4, help="score: transitions per query")
+    o.add_argument("--action-description", default=None, help="score: what an action means, in words")
+    o.add_argument("--score-noise", type=float, default=0.0, help="score, oracle: noise std in score points")
+    o.add_argument("--fill", type=float, default=None,
+                   help="score: value of unreadable scores (default: mean of the scored transitions)")
+    o.add_argument("--queries", type=int, default=2000, help="preference: pairs to label (feedback budget)")
+    o.add_argument("--epochs", type=int, default=50, help="preference: reward-model epochs")
+    o.add_argument("--image-size", type=int, default=64, help="preference: frame side of queries and reward model")
+    o.add_argument("--save-reward-model", default=None, help="preference: write the trained reward model here")
+    o.add_argument("--threads", type=int, default=1, help="torch threads")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     return parser
 
 
@@ -178,12 +208,70 @@ def bench(args: argparse.Namespace) -> None:
     print((out / "results.md").read_text())
 
 
+def label(args: argparse.Namespace) -> Dict[str, float]:
+    """Relabel ``args.dataset`` with ``args.method`` and write it as ``args.out``; return the figures."""
+    import torch
+
+    from vlm_reward_wrappers.envs import goal_for
+    from vlm_reward_wrappers.labels import LabelStore
+    from vlm_reward_wrappers.offline import (
+        ChatScoreLabeler, OfflineDataset, OracleScoreLabeler, PreferenceRelabeler, WindowScorer, fill_unscored,
+        mix_rewards, true_reward_correlation,
+    )
+
+    torch.set_num_threads(args.threads)
+    dataset = OfflineDataset.from_minari(args.dataset, frame_key=args.frame_key, gt_reward_key=args.true_reward_key)
+    if args.goal is None and dataset.env_spec is None:
+        raise SystemExit("the dataset names no env to take a goal from: pass --goal")
+    goal = args.goal or goal_for(dataset.env_spec.id)
+    store = LabelStore(args.label_store)
+    started = time.perf_counter()
+    if args.method == "score":
+        if args.labeler == "clip":
+            raise SystemExit("CLIP compares frames but cannot score transitions: use --method preference")
+        scorer = WindowScorer(
+            OracleScoreLabeler(dataset.gt_reward_range, noise_std=args.score_noise, seed=args.seed)
+            if args.labeler == "oracle" else ChatScoreLabeler(make_labeler(args), args.action_description),
+            goal, store, window_size=args.window,
+        )
+        vlm_rewards = fill_unscored(scorer.score(dataset), args.fill)
+        figures = scorer.metrics
+        scorer.labeler.close()
+    else:
+        relabeler = PreferenceRelabeler(make_labeler(args), goal, store, n_queries=args.queries,
+                                        image_size=args.image_size, epochs=args.epochs, seed=args.seed)
+        vlm_rewards = relabeler.relabel(dataset)
+        figures = relabeler.metrics
+        relabeler.labeler.close()
+        if args.save_reward_model:
+            relabeler.reward_model.save(args.save_reward_model)
+    store.close()
+    rewards = mix_rewards(dataset, vlm_rewards, args.weight, args.add_dataset_reward)
+    how = f"{args.method} from {args.labeler}, weight {args.weight}" + (" + dataset reward" if args.add_dataset_reward else "")
+    dataset.to_minari(args.out, rewards, description=f"Rewards relabelled by vlm-reward label ({how}); goal: {goal}")
+    return {**figures, "episodes": len(dataset.episodes), "steps": dataset.total_steps,
+            "vlm_reward_true_correlation": true_reward_correlation(dataset, vlm_rewards),
+            "wall_s": time.perf_counter() - started}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
         bench(args)
+        return
+    if args.command == "label":
+        figures = label(args)
+        if args.json:
+            print(json.dumps(figures))
+            return
+        print(f"{args.dataset} -> {args.out}: {figures['steps']} transitions in {figures['episodes']} episodes, "
+              f"{args.method} rewards from the {args.labeler} labeler")
+        for name, value in figures.items():
+            if name not in ("steps", "episodes"):
+                print(f"  {name + ':':<30}{value:.3f}" if isinstance(value, float) else f"  {name + ':':<30}{value}")
+        print(f"  {'label store:':<30}{args.label_store}")
         return
     figures = train(args)
     if args.json:

@@ -1,15 +1,17 @@
-"""Preference data: frame hashing, the durable label store (sqlite3) and the training dataset."""
+"""Label data: frame hashing, the durable label store (sqlite3) of preferences and window scores, and the
+preference training dataset."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -72,11 +74,55 @@ CREATE TABLE IF NOT EXISTS labels (
     created REAL NOT NULL,
     UNIQUE (hash_a, hash_b, goal, labeler_id, prompt_version)
 );
+CREATE TABLE IF NOT EXISTS window_scores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    window_hash TEXT NOT NULL,
+    frame_hashes TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    goal TEXT NOT NULL,
+    labeler_id TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    latency_s REAL NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (window_hash, goal, labeler_id, prompt_version)
+);
 """
+
+
+def window_hash(frame_hashes: Sequence[str], actions: str) -> str:
+    """Content hash of a window query: its frames (by :func:`frame_hash`) and its actions as shown."""
+    return hashlib.blake2b(json.dumps([list(frame_hashes), actions]).encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class ScoreRecord:
+    """One answered window query (RG-VLM) as kept in the :class:`LabelStore`.
+
+    :param window_hash: :func:`window_hash` of the query.
+    :param frame_hashes: the W + 1 frames shown, in order.
+    :param actions: the W actions as shown to the labeler.
+    :param scores: one 0-10 score per action, NaN where the answer stated none.
+    """
+
+    window_hash: str
+    frame_hashes: Tuple[str, ...]
+    actions: str
+    goal: str
+    labeler_id: str
+    prompt_version: str
+    scores: Tuple[float, ...]
+    raw: str = ""
+    latency_s: float = 0.0
+    created: float = field(default_factory=time.time)
 
 
 class LabelStore:
     """Every answered query, committed to SQLite before the learner uses it.
+
+    Preferences between two frames (RL-VLM-F) go to one table, 0-10 scores of the transitions of a
+    window of frames (RG-VLM, :mod:`vlm_reward_wrappers.offline`) to another.
 
     Frames are kept zlib-compressed beside the answers, so a reward model can be retrained from the
     store alone and a restarted run resumes with all its labels. Safe to share between the learner
@@ -167,6 +213,44 @@ class LabelStore:
                 params,
             ).fetchall()
         return [LabelRecord(*row) for row in rows]
+
+    def add_scores(self, record: ScoreRecord) -> None:
+        """Commit one answered window query; NaN scores are stored as JSON nulls."""
+        scores = [None if np.isnan(score) else float(score) for score in record.scores]
+        with self._lock:  # one statement: autocommit commits it before this returns
+            self._db.execute(
+                "INSERT OR REPLACE INTO window_scores (window_hash, frame_hashes, actions, goal, labeler_id,"
+                " prompt_version, scores, raw, latency_s, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.window_hash,
+                    json.dumps(list(record.frame_hashes)),
+                    record.actions,
+                    record.goal,
+                    record.labeler_id,
+                    record.prompt_version,
+                    json.dumps(scores),
+                    record.raw,
+                    record.latency_s,
+                    record.created,
+                ),
+            )
+
+    def lookup_scores(
+        self, window_hash_: str, goal: str, labeler_id: str, prompt_version: str
+    ) -> Optional[ScoreRecord]:
+        """The stored answer to this window query, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT frame_hashes, actions, scores, raw, latency_s, created FROM window_scores WHERE"
+                " window_hash = ? AND goal = ? AND labeler_id = ? AND prompt_version = ?",
+                (window_hash_, goal, labeler_id, prompt_version),
+            ).fetchone()
+        if row is None:
+            return None
+        frame_hashes, actions, scores, raw, latency_s, created = row
+        scores = tuple(float("nan") if score is None else score for score in json.loads(scores))
+        return ScoreRecord(window_hash_, tuple(json.loads(frame_hashes)), actions, goal, labeler_id, prompt_version,
+                           scores, raw, latency_s, created)
 
     def frame(self, frame_hash_: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """The stored frame and reward-model input (None when the input is the frame) of a hash."""

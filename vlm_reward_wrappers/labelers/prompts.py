@@ -186,3 +186,139 @@ def parse_preference(text: str) -> int:
     if len(mentioned) == 1:
         return mentioned.pop()
     return NO_PREFERENCE
+
+
+# ------------------------------------------------------------------------- RG-VLM window scores
+# RG-VLM (arXiv 2504.08772) scores the transitions of a fixed dataset: the VLM sees a window of
+# consecutive frames and the actions taken between them. Stage 1 asks how each action moves the task
+# forward given the goal; stage 2 (text only) turns that analysis into one 0-10 score per action.
+
+#: Stored with every window score; bump on any change to the wording below, so older scores are not reused.
+SCORE_TWO_STAGE_VERSION = "rgvlm-two-stage-v1"
+SCORE_SINGLE_STAGE_VERSION = "rgvlm-single-stage-v1"
+
+#: The score scale asked for: 0 (no progress or away from the goal) to 10.
+MAX_SCORE = 10
+
+_WINDOW = """{goal_sentence}
+The {n_images} images are consecutive frames of one episode, in order: between Image k and Image k+1 the agent took action k.
+{action_sentence}The actions were:
+{actions}"""
+
+_PROGRESS = """{window}
+For each action, describe what changes from the image before it to the image after it, and whether that moves the task forward towards the goal or away from it."""
+
+_SCORE_RULES = """Score how much each of the {n} actions moves the task forward towards the goal, from 0 (away from the goal, or no progress) to {top} (the most progress, or the goal achieved).
+Reply exactly {n} lines, one per action, in the form "Action k: score", and nothing else."""
+
+
+def score_prompt_version(two_stage: bool) -> str:
+    """The ``prompt_version`` of score labelers asking the two-stage or the single-stage query."""
+    return SCORE_TWO_STAGE_VERSION if two_stage else SCORE_SINGLE_STAGE_VERSION
+
+
+def describe_actions(actions: Sequence) -> str:
+    """One line per action, "Action k: <value>", with floats rounded to 3 decimals.
+
+    :param actions: the window's actions in order: (W, ...) array, or a sequence of per-step values.
+    """
+
+    def value(action) -> str:
+        array = np.asarray(action)
+        if array.dtype.kind == "f":
+            return np.array2string(np.round(array, 3), separator=", ")
+        return np.array2string(array, separator=", ") if array.dtype.kind in "iub" else str(action)
+
+    return "\n".join(f"Action {k}: {value(action)}" for k, action in enumerate(actions, start=1))
+
+
+def _window(goal: str, actions: Sequence, action_description: Optional[str]) -> str:
+    sentence = f"An action is {action_description.strip().rstrip('.')}.\n" if action_description else ""
+    return _WINDOW.format(goal_sentence=_goal_sentence(goal), n_images=len(actions) + 1,
+                          action_sentence=sentence, actions=describe_actions(actions))
+
+
+def progress_prompt(goal: str, actions: Sequence, action_description: Optional[str] = None) -> str:
+    """Stage 1: how each action of the window moves the task forward, shown with its frames.
+
+    :param actions: the W actions taken between the W + 1 frames shown.
+    :param action_description: what an action means, e.g. "a horizontal force on the cart, from -1
+        (push left) to 1 (push right)"; VLMs read raw numbers poorly without it.
+    """
+    return _PROGRESS.format(window=_window(goal, actions, action_description))
+
+
+def score_prompt(goal: str, actions: Sequence, analysis: str, action_description: Optional[str] = None) -> str:
+    """Stage 2 (text only): one 0-10 score per action, given the stage-1 analysis."""
+    rules = _SCORE_RULES.format(n=len(actions), top=MAX_SCORE)
+    return _SUMMARY.format(questions=progress_prompt(goal, actions, action_description), analysis=analysis.strip(),
+                           rules=rules)
+
+
+def single_stage_score_prompt(goal: str, actions: Sequence, action_description: Optional[str] = None) -> str:
+    """The scores asked directly, next to the frames."""
+    return f"{_window(goal, actions, action_description)}\n{_SCORE_RULES.format(n=len(actions), top=MAX_SCORE)}"
+
+
+# A score: a whole or decimal number, optionally "/10", not followed by more digits.
+_SCORE = r"(\d{1,3}(?:\.\d+)?)(?:\s*/\s*10(?![\d.]))?(?!\d|\.\d)"
+_ACTION_SCORE = re.compile(
+    rf"\b(?:action|transition|step)\s*#?\s*(\d{{1,4}})\s*(?:[:=)\]\-\u2013]|\bis\b)\s*"
+    rf"(?:(?:a\s+)?(?:score|rating)\s*(?:of\b|[:=])?\s*)?{_SCORE}",
+    re.I,
+)
+_ACTION_LINE = re.compile(r"^\W*(?:action|transition|step)\s*#?\s*(\d{1,4})\b(.*)$", re.I)
+_NAMED_SCORE = re.compile(rf"\b(?:score|rating)\b\W{{0,4}}(?:(?:is|of)\s+)?{_SCORE}", re.I)
+_BARE_LINE = re.compile(rf"^\s*#?(\d{{1,4}})\s*(?:[:=)\-\u2013]|\.\s)\s*{_SCORE}(?:\s*$|[\s,;(])")
+_SCORES_LABEL = re.compile(r"^(?:final\s+)?(?:answer|output|reply|scores?|ratings?)\s*[:=]\s*", re.I)
+_NUMBER_LIST = re.compile(rf"^[\[(]?\s*{_SCORE}(?:\s*[,;\s]\s*{_SCORE})*\s*[\])]?\.?$")
+
+
+def _in_range(value: str) -> float:
+    score = float(value)
+    return score if 0.0 <= score <= MAX_SCORE else float("nan")
+
+
+def parse_scores(text: str, n: int) -> np.ndarray:
+    """The 0-10 score of each of ``n`` actions that a VLM's answer states; NaN where it states none.
+
+    Never raises. Reads, in order of trust: "Action k: s" (also "Transition k", "Step k", "s/10",
+    "score of s", several on one line), lines "Action k ... score s", bare lines "k: s", and, when
+    nothing is numbered, exactly ``n`` numbers as lines or one list ("[3, 5, 7]"). A number outside
+    0-10, an action number outside 1..n, and anything else leave that action NaN; where one action
+    is scored twice the later score counts (a model that reasons first ends with its answer).
+
+    :return: (n,) float64 scores in [0, 10] or NaN.
+    """
+    scores = np.full(n, np.nan)
+    if not isinstance(text, str) or not text.strip():
+        return scores
+    lines = [_SCORES_LABEL.sub("", re.sub(r"[*_`\"']", "", line).strip()) for line in text.strip().splitlines()]
+    numbered = []
+    for line in lines:
+        found = [(int(k), value) for k, value in _ACTION_SCORE.findall(line)]
+        if not found:
+            labelled, bare = _ACTION_LINE.match(line), _BARE_LINE.match(line)
+            named = _NAMED_SCORE.search(labelled.group(2)) if labelled else None
+            if named:
+                found = [(int(labelled.group(1)), named.group(1))]
+            elif bare:
+                found = [(int(bare.group(1)), bare.group(2))]
+        numbered += found
+    if numbered:
+        for k, value in numbered:
+            if 1 <= k <= len(scores):
+                scores[k - 1] = _in_range(value)
+        return scores
+    # Nothing numbered: one score per action, as one list or as lines of one number each.
+    lists = [re.findall(_SCORE, line) for line in lines if _NUMBER_LIST.match(line)]
+    whole = [values for values in lists if len(values) == len(scores)]
+    if whole:
+        values = whole[-1]
+    elif all(len(values) == 1 for values in lists):
+        values = [values[0] for values in lists]
+    else:
+        return scores
+    if len(values) == len(scores):
+        scores[:] = [_in_range(value) for value in values]
+    return scores

@@ -336,12 +336,17 @@ class PreferenceLearner:
             return
         buffer, kind = self.buffer, self.reward_model.input_kind
         a, b = self.sampler.select(buffer, self.reward_model, n, self.rng)
-        items = []
+        items, drawn = [], set()
         for i, j in zip(a, b):
             # Copies: the ring buffer overwrites its slots while the query waits.
             frame_a, frame_b = buffer.frames[i].copy(), buffer.frames[j].copy()
+            hash_a, hash_b = frame_hash(frame_a), frame_hash(frame_b)
+            pair = frozenset((hash_a, hash_b))
+            if pair in drawn:
+                continue  # the same two frames (by content) twice in one batch: a labeler call for nothing
+            drawn.add(pair)
             query = Query(frame_a, frame_b, float(buffer.gt_rewards[i]), float(buffer.gt_rewards[j]))
-            item = PendingQuery(query, frame_hash(frame_a), frame_hash(frame_b))
+            item = PendingQuery(query, hash_a, hash_b)
             if kind == "observation":
                 item.obs_a, item.obs_b = buffer.observations[i].copy(), buffer.observations[j].copy()
             items.append(item)

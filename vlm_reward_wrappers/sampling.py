@@ -12,15 +12,10 @@ from vlm_reward_wrappers.reward_model import RewardModel
 
 
 def _distinct_pairs(buffer: FrameBuffer, n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """Up to ``n`` random index pairs of the buffer: none of two identical frames (RL-VLM-F drops
-    those) and no pair twice (each would cost a labeler call)."""
+    """``n`` random index pairs of the buffer, none of two identical frames (RL-VLM-F drops those)."""
     size = len(buffer)
     a, b = rng.integers(size, size=n), rng.integers(size, size=n)
-    seen, keep = set(), np.zeros(n, dtype=bool)
-    for k, (i, j) in enumerate(zip(a, b)):
-        pair = (min(i, j), max(i, j))
-        keep[k] = pair not in seen and not np.array_equal(buffer.frames[i], buffer.frames[j])
-        seen.add(pair)
+    keep = np.array([not np.array_equal(buffer.frames[i], buffer.frames[j]) for i, j in zip(a, b)], dtype=bool)
     return a[keep], b[keep]
 
 

@@ -51,6 +51,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     import torch
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
 
     from vlm_reward_wrappers import LabelStore, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper
     from vlm_reward_wrappers.benchmark import random_score
@@ -79,7 +80,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     model.learn(args.steps, callback=CallbackList(callbacks), progress_bar=sys.stderr.isatty())
     env.learner.flush(timeout=60)
     wall_s = time.perf_counter() - started
-    eval_env = gym.make(args.env)
+    eval_env = Monitor(gym.make(args.env))
     mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes)
     metrics = env.learner.metrics
     if args.save_reward_model:

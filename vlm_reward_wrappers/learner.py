@@ -12,7 +12,7 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple, Union
 import numpy as np
 
 from vlm_reward_wrappers.frames import FrameBuffer
-from vlm_reward_wrappers.labelers.base import NO_PREFERENCE, Labeler, Query
+from vlm_reward_wrappers.labelers.base import NO_PREFERENCE, Labeler, Query, call_with_retries, check_goal
 from vlm_reward_wrappers.labels import LabelRecord, LabelStore, PreferenceDataset, frame_hash
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel
 from vlm_reward_wrappers.sampling import PairSampler, make_sampler
@@ -133,28 +133,17 @@ class LabelWorker:
 
     def _label_chunk(self, chunk: List[PendingQuery]) -> None:
         labeler = self.labeler
-        for attempt in range(self.max_retries + 1):
-            self.counts["sent"] += len(chunk)
-            started = time.perf_counter()
-            try:
-                answers = labeler.label([item.query for item in chunk], self.goal)
-                if len(answers) != len(chunk):
-                    raise RuntimeError(f"{labeler.labeler_id} returned {len(answers)} answers for {len(chunk)} queries")
-                break
-            except Exception as error:  # a failing labeler must never stop training
-                self.counts["failed_calls"] += 1
-                logger.warning(
-                    "labeler %s failed on %d queries (attempt %d of %d): %r",
-                    labeler.labeler_id, len(chunk), attempt + 1, self.max_retries + 1, error,
-                )
-                if attempt < self.max_retries:
-                    time.sleep(self.retry_backoff_s * 2**attempt)
-        else:
+        try:
+            answers, seconds = call_with_retries(
+                lambda: labeler.label([item.query for item in chunk], self.goal), len(chunk),
+                labeler.labeler_id, self.max_retries, self.retry_backoff_s, self.counts,
+            )
+        except Exception:  # a failing labeler must never stop training: drop its queries, counted
             self.counts["dropped"] += len(chunk)
             with self._lock:
                 self._pending -= len(chunk)
             return
-        latency = (time.perf_counter() - started) / len(chunk)
+        latency = seconds / len(chunk)
         for item, answer in zip(chunk, answers):
             record = LabelRecord(
                 item.hash_a, item.hash_b, self.goal, labeler.labeler_id, labeler.prompt_version,
@@ -230,9 +219,7 @@ class PreferenceLearner:
         early_stop_accuracy: float = 0.97,
         seed: Optional[int] = None,
     ) -> None:
-        if not goal or not goal.strip():
-            raise ValueError("goal must describe the task in words, e.g. 'the pole is upright on the cart'")
-        self.goal = goal
+        self.goal = check_goal(goal)
         self.labeler = labeler
         self.reward_model = reward_model
         self.sampler = make_sampler(sampler)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlm_reward_wrappers.frames import FrameBuffer, resize_frame
-from vlm_reward_wrappers.labelers.base import Labeler, Query
+from vlm_reward_wrappers.labelers.base import Labeler, Query, call_with_retries, check_goal
 from vlm_reward_wrappers.labelers.chat import ChatLabeler, raw_text
 from vlm_reward_wrappers.labelers.prompts import (
     MAX_SCORE,
@@ -658,8 +657,7 @@ class WindowScorer:
         max_retries: int = 2,
         retry_backoff_s: float = 1.0,
     ) -> None:
-        if not goal or not goal.strip():
-            raise ValueError("goal must describe the task in words, e.g. 'the pole is upright on the cart'")
+        check_goal(goal)
         if window_size < 1:
             raise ValueError(f"window_size must be at least 1, got {window_size}")
         self.labeler, self.goal = labeler, goal
@@ -702,23 +700,12 @@ class WindowScorer:
     def _label(self, pending: List[_PendingWindow], out: List[np.ndarray]) -> None:
         labeler = self.labeler
         windows = [item.window for item in pending]
-        for attempt in range(self.max_retries + 1):
-            self.counts["sent"] += len(windows)
-            started = time.perf_counter()
-            try:
-                answers = labeler.score(windows, self.goal)
-                if len(answers) != len(windows):
-                    raise RuntimeError(f"{labeler.labeler_id} returned {len(answers)} answers for {len(windows)} windows")
-                break
-            except Exception as error:
-                self.counts["failed_calls"] += 1
-                if attempt == self.max_retries:
-                    raise
-                delay = self.retry_backoff_s * 2**attempt
-                logger.warning("labeler %s failed on %d windows (%r), retrying in %.1f s",
-                               labeler.labeler_id, len(windows), error, delay)
-                time.sleep(delay)
-        latency = (time.perf_counter() - started) / len(windows)
+        # After its retries the error stops the run: everything answered so far is in the store.
+        answers, seconds = call_with_retries(
+            lambda: labeler.score(windows, self.goal), len(windows), labeler.labeler_id, self.max_retries,
+            self.retry_backoff_s, self.counts,
+        )
+        latency = seconds / len(windows)
         for item, answer in zip(pending, answers):
             scores = np.asarray(answer.scores, dtype=np.float64)
             if scores.shape != (len(item.window),):
@@ -818,8 +805,7 @@ class PreferenceRelabeler:
         retry_backoff_s: float = 1.0,
         seed: int = 0,
     ) -> None:
-        if not goal or not goal.strip():
-            raise ValueError("goal must describe the task in words, e.g. 'the pole is upright on the cart'")
+        check_goal(goal)
         self.labeler, self.goal = labeler, goal
         self.store = LabelStore() if label_store is None else label_store
         self.n_queries, self.image_size = n_queries, image_size

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import abc
+import logging
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Preference values. ``NO_PREFERENCE`` answers are stored but never trained on.
 FIRST, SECOND, NO_PREFERENCE = 0, 1, -1
@@ -69,3 +74,44 @@ class Labeler(abc.ABC):
 
     def close(self) -> None:
         """Release models, sessions or processes held by the labeler."""
+
+
+def check_goal(goal: str) -> str:
+    """The goal, or a ValueError saying what a goal is."""
+    if not goal or not goal.strip():
+        raise ValueError("goal must describe the task in words, e.g. 'the pole is upright on the cart'")
+    return goal
+
+
+def call_with_retries(
+    call: Callable[[], List[T]],
+    expected: int,
+    labeler_id: str,
+    max_retries: int,
+    retry_backoff_s: float,
+    counts: Dict[str, int],
+) -> Tuple[List[T], float]:
+    """Call a labeler until it returns ``expected`` answers, retrying with exponential backoff.
+
+    Every attempt adds ``expected`` to ``counts["sent"]`` and every failure 1 to
+    ``counts["failed_calls"]``; after ``max_retries`` retries the last error is raised, for the caller
+    to drop the work or stop.
+
+    :return: the answers and the seconds the successful attempt took.
+    """
+    for attempt in range(max_retries + 1):
+        counts["sent"] += expected
+        started = time.perf_counter()
+        try:
+            answers = call()
+            if len(answers) != expected:
+                raise RuntimeError(f"{labeler_id} returned {len(answers)} answers for {expected} items")
+            return answers, time.perf_counter() - started
+        except Exception as error:
+            counts["failed_calls"] += 1
+            logger.warning("labeler %s failed on %d items (attempt %d of %d): %r",
+                           labeler_id, expected, attempt + 1, max_retries + 1, error)
+            if attempt == max_retries:
+                raise
+            time.sleep(retry_backoff_s * 2**attempt)
+    raise AssertionError("unreachable")

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 import vlm_reward_wrappers  # noqa: F401  (registers the vlmrw/ ids)
-from vlm_reward_wrappers.envs._mujoco import import_mujoco, select_mujoco_gl
+from vlm_reward_wrappers.envs.mujoco_setup import import_mujoco, select_mujoco_gl
 from vlm_reward_wrappers.envs.scripted import flatten_cloth, fold_cloth, straighten_rope
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,7 +76,7 @@ def step_rates(env_id: str, kwargs: dict, seconds: float) -> Tuple[float, float]
 
 def frame_rate(env_id: str, kwargs: dict, size: int, seconds: float) -> float:
     """render() calls/s at ``size`` px, the scene unchanged between calls."""
-    env = gym.make(env_id, render_mode="rgb_array", image_size=size, **kwargs)
+    env = gym.make(env_id, render_mode="rgb_array", render_size=size, **kwargs)
     env.reset(seed=0)
     env.render()  # the first call creates the GL context
     frames, started = 0, time.perf_counter()
@@ -123,7 +123,7 @@ def scripted_vs_random(env_id: str, kwargs: dict, script: Union[Script, str], se
                        picture: Optional[str]) -> Dict[str, float]:
     """Mean scores of the scripted policy and of as many random actions (MetaWorld: a whole episode) over
     seeded resets; saves the picture of the first scripted run."""
-    env = gym.make(env_id, render_mode="rgb_array", image_size=256, **kwargs)
+    env = gym.make(env_id, render_mode="rgb_array", render_size=256, **kwargs)
     scripted, random = [], []
     for seed in range(seeds):
         if seed == 0 and picture:

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run by path, Python puts benchmarks/ on sys.path, not the repository
+    sys.path.insert(0, str(REPO))
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,11 +45,9 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
 import vlm_reward_wrappers  # noqa: E402,F401  (registers vlmrw/ ids)
-from vlm_reward_wrappers.benchmark import (  # noqa: E402
-    SIZES, TaskConfig, machine_description, normalise, policy_score, random_score,
-)
+from benchmarks.harness import SIZES, TaskConfig, machine_description, normalise, pyplot  # noqa: E402
+from vlm_reward_wrappers.evaluation import policy_score, random_score  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 IMITATION_VENV = REPO / ".venv-imitation"
 IMITATION_SIDE = REPO / "benchmarks" / "_imitation_side.py"
@@ -316,11 +317,7 @@ def format_table(runs: Sequence[dict], random: Dict[str, float]) -> str:
 
 def plot(task: str, runs: Sequence[dict], random: float, path: Path) -> None:
     """True return against queries (preference runs) and against training wall time (all runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (by_queries, by_time) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     runs = [r for r in runs if r["checkpoints"]]
     # A colour a kind of run and a line style a seed, the same in both panels.

@@ -40,16 +40,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vlm_reward_wrappers  # noqa: E402,F401  (registers vlmrw/ ids)
-from vlm_reward_wrappers.cli import _labeler_options, make_labeler  # noqa: E402
+from vlm_reward_wrappers.cli import labeler_options, make_backend, make_labeler  # noqa: E402
 from vlm_reward_wrappers.envs import goal_for  # noqa: E402
-from vlm_reward_wrappers.labelers import OracleLabeler  # noqa: E402
+from vlm_reward_wrappers.labelers import ChatScoreLabeler, OracleLabeler, OracleScoreLabeler, ScoreLabeler  # noqa: E402
 from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
-    ChatScoreLabeler,
     OfflineDataset,
-    OracleScoreLabeler,
     PreferenceRelabeler,
-    ScoreLabeler,
     WindowScorer,
     fill_unscored,
     mix_rewards,
@@ -88,7 +85,7 @@ def collect(n_episodes: int, seed: int) -> OfflineDataset:
     rng = np.random.default_rng(seed)
     episodes = []
     for k in range(n_episodes):
-        part = record_episodes(env, controller(rng, rng.uniform(0.3, 1.0)), 1, image_size=64, seed=seed * 10_000 + k)
+        part = record_episodes(env, controller(rng, rng.uniform(0.3, 1.0)), 1, frame_size=64, seed=seed * 10_000 + k)
         episodes += part.episodes
     env.close()
     for episode in episodes:
@@ -147,7 +144,7 @@ def relabellers(args: argparse.Namespace, size: dict, dataset: OfflineDataset, s
     def preferences(make: Callable):
         # One member and lr 1e-3 (RL-VLM-F: 3 and 3e-4): at 3e-4 and 20-50 epochs the CNN reached 70% train
         # accuracy on these near-upright 64 px frames and a true-reward correlation of 0.44, at 1e-3 0.62.
-        relabeler = PreferenceRelabeler(make(), goal, store, n_queries=size["queries"], image_size=64,
+        relabeler = PreferenceRelabeler(make(), goal, store, n_queries=size["queries"], reward_image_size=64,
                                         ensemble_size=1, epochs=size["epochs"], lr=1e-3, seed=seed)
         vlm = relabeler.relabel(dataset)
         return mix_rewards(dataset, vlm), vlm, relabeler.metrics
@@ -169,7 +166,7 @@ def relabellers(args: argparse.Namespace, size: dict, dataset: OfflineDataset, s
     if args.labeler in ("llama", "openai"):
         sources["score-vlm+sparse"] = (
             f"RG-VLM scores from the {args.labeler} VLM: sparse + 0.1 x score",
-            lambda: scores(ChatScoreLabeler(make_labeler(args), ACTION_DESCRIPTION), True),
+            lambda: scores(ChatScoreLabeler(make_backend(args), ACTION_DESCRIPTION), True),
         )
         sources["preference-vlm"] = (f"RL-VLM-F preferences from the {args.labeler} VLM -> reward model",
                                      lambda: preferences(lambda: make_labeler(args)))
@@ -253,7 +250,7 @@ def table(rows: List[dict], args: argparse.Namespace, datasets: List[dict]) -> s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, parents=[_labeler_options()],
+    parser = argparse.ArgumentParser(description=__doc__, parents=[labeler_options()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

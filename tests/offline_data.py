@@ -10,11 +10,11 @@ from vlm_reward_wrappers.offline import OfflineDataset, record_episodes
 UPRIGHT = 0.2  # rad: the sparse reward pays 1 when the pole ends an episode within this of upright
 
 
-def cartpole_dataset(n_episodes=3, horizon=10, image_size=32, seed=0) -> OfflineDataset:
+def cartpole_dataset(n_episodes=3, horizon=10, frame_size=32, seed=0) -> OfflineDataset:
     """Random-action episodes of RL-VLM-F's CartPole with a sparse "upright at the end" reward;
     the true reward -|angle| stays in the infos."""
     env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array", max_episode_steps=horizon)
-    dataset = record_episodes(env, lambda obs: env.action_space.sample(), n_episodes, image_size, seed)
+    dataset = record_episodes(env, lambda obs: env.action_space.sample(), n_episodes, frame_size, seed)
     env.close()
     for episode in dataset.episodes:
         episode.rewards = np.zeros(len(episode))

@@ -1,15 +1,24 @@
+"""benchmarks/harness.py and its entry point benchmarks/run.py, on a tiny task."""
+
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from vlm_reward_wrappers import benchmark
-from vlm_reward_wrappers.benchmark import TaskConfig, run_benchmark
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+_spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run)
+harness = run.harness
 
 
 @pytest.fixture
 def tiny_task(monkeypatch):
     learner = dict(seed_steps=100, query_every=100, pairs_per_query=10, feedback_budget=30, epochs_per_update=2)
-    monkeypatch.setitem(benchmark.TASKS, "tiny", TaskConfig(
+    monkeypatch.setitem(harness.TASKS, "tiny", harness.TaskConfig(
         "vlmrw/CartPoleAngle-v0", "PPO", steps={"smoke": 256}, learner={"smoke": learner},
         eval_every={"smoke": 128}, eval_episodes=1, algo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=1),
     ))
@@ -17,7 +26,7 @@ def tiny_task(monkeypatch):
 
 
 def test_benchmark_writes_table_curves_and_normalised_scores(tiny_task, tmp_path):
-    results = run_benchmark("smoke", [tiny_task], ["true", "mistake-0.3"], [0], tmp_path)
+    results = harness.run_benchmark("smoke", [tiny_task], ["true", "mistake-0.3"], [0], tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["source"] for r in lines] == ["true", "mistake-0.3"] == [r["source"] for r in results]
     truth, noisy = lines
@@ -31,4 +40,42 @@ def test_benchmark_writes_table_curves_and_normalised_scores(tiny_task, tmp_path
 
 def test_benchmark_refuses_sources_without_a_labeler(tiny_task, tmp_path):
     with pytest.raises(ValueError, match="--labeler llama"):
-        run_benchmark("smoke", [tiny_task], ["vlm"], [0], tmp_path)
+        harness.run_benchmark("smoke", [tiny_task], ["vlm"], [0], tmp_path)
+
+
+def test_missing_matplotlib_names_the_extra_before_the_runs(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(harness, "run_one", lambda *args: pytest.fail("ran without a way to plot"))
+    with pytest.raises(ImportError, match=r"pip install 'vlm-reward-wrappers\[plot\]'"):
+        harness.run_benchmark("smoke", [tiny_task], ["true"], [0], tmp_path)
+
+
+def test_report_without_matplotlib_keeps_the_tables(tiny_task, tmp_path, monkeypatch):
+    result = {"task": tiny_task, "source": "true", "algo": "PPO", "seed": 0, "steps": 256, "final": -5.0,
+              "curve": [[0, -50.0], [256, -5.0]], "queries": 0, "label_accuracy": None, "wall_s": 1.0,
+              "env_steps_per_s": 256.0}
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"vlm-reward-wrappers\[plot\]"):
+        harness.write_report([result], {tiny_task: -50.0}, tmp_path, "test machine")
+    assert (tmp_path / "results.jsonl").is_file() and "| tiny | true | PPO |" in (tmp_path / "results.md").read_text()
+
+
+def test_run_writes_under_the_benchmarks_folder_by_default_and_prints_the_table(tiny_task, tmp_path, capsys):
+    assert run.default_out("smoke") == SCRIPT.parent / "results" / "smoke"
+    run.main(["--tasks", tiny_task, "--sources", "true", "--out", str(tmp_path)])
+    assert "| tiny | true | PPO | 0 | 256 |" in capsys.readouterr().out
+    assert (tmp_path / "results.md").is_file()
+
+
+def test_run_is_a_script_that_works_from_any_folder(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--size" in out.stdout and "--labeler" in out.stdout and "benchmarks/results/<size>" in out.stdout
+
+
+def test_the_package_needs_no_plotting_library():
+    script = "import sys, vlm_reward_wrappers, vlm_reward_wrappers.cli; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -13,20 +13,21 @@ if importlib.util.find_spec("open_clip") is None:
     pytest.skip("needs open-clip-torch: pip install 'vlm-reward-wrappers[clip]'", allow_module_level=True)
 
 from conftest import GOAL  # noqa: E402
-from vlm_reward_wrappers import VLMRewardWrapper  # noqa: E402
-from vlm_reward_wrappers.cli import _parser, make_labeler  # noqa: E402
-from vlm_reward_wrappers.labelers import CLIPEmbedder, CLIPLabeler, CLIPRewardWrapper, Query  # noqa: E402
+from vlm_reward_wrappers import CLIPRewardWrapper, VLMRewardWrapper  # noqa: E402
+from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
+from vlm_reward_wrappers.labelers import CLIPEmbedder, CLIPLabeler, Query  # noqa: E402
 from vlm_reward_wrappers.labelers.torchvision_compat import import_torchvision  # noqa: E402
 
 # A small architecture at 64 px: hundreds of frames a second on one core.
 MODEL = dict(model_name="ViT-S-32", force_image_size=64)
+RANDOM = dict(MODEL, pretrained="random")  # untrained weights, asked for by name
 BASELINE = "a pole on a cart"
 
 
 @pytest.fixture(scope="module")
 def embedder():
     torch.manual_seed(0)
-    return CLIPEmbedder(**MODEL)
+    return CLIPEmbedder(**RANDOM)
 
 
 def _frames(n, seed=0, size=64):
@@ -114,7 +115,7 @@ def test_weights_load_from_a_local_checkpoint(embedder, tmp_path):
     assert CLIPLabeler(loaded).labeler_id == "CLIPLabeler(ViT-S-32, weights=clip.pt, margin=0.0)"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CLIPEmbedder(checkpoint_path=tmp_path / "missing.pt", **MODEL)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="exactly one of"):
         CLIPEmbedder(checkpoint_path=path, pretrained="openai", **MODEL)
 
 
@@ -122,7 +123,7 @@ def test_the_cli_builds_it_from_its_options(embedder, tmp_path):
     path = tmp_path / "clip.pt"
     torch.save(embedder.model.state_dict(), path)
     options = ["--labeler", "clip", "--clip-model", "ViT-S-32", "--clip-checkpoint", str(path), "--clip-margin", "0.01"]
-    labeler = make_labeler(_parser().parse_args(["train", *options]))
+    labeler = make_labeler(build_parser().parse_args(["train", *options]))
     assert labeler.labeler_id == "CLIPLabeler(ViT-S-32, weights=clip.pt, margin=0.01)"
 
 

@@ -26,7 +26,7 @@ METAWORLD_IDS = [
 
 @pytest.mark.parametrize("env_id", MUJOCO_IDS + METAWORLD_IDS)
 def test_gymnasium_check_env_passes(env_id):
-    env = gym.make(env_id, render_mode="rgb_array", image_size=64)
+    env = gym.make(env_id, render_mode="rgb_array", render_size=64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped)
@@ -38,7 +38,7 @@ def test_gymnasium_check_env_passes(env_id):
 
 @pytest.mark.parametrize("env_id", MUJOCO_IDS + METAWORLD_IDS)
 def test_seeded_resets_are_reproducible_and_frames_rendered(env_id):
-    env = gym.make(env_id, render_mode="rgb_array", image_size=(48, 64))
+    env = gym.make(env_id, render_mode="rgb_array", render_size=(48, 64))
     first, _ = env.reset(seed=7)
     frame = env.render()
     env.step(env.action_space.sample())
@@ -53,7 +53,7 @@ def test_seeded_resets_are_reproducible_and_frames_rendered(env_id):
 
 @pytest.mark.parametrize("env_id", MUJOCO_IDS + METAWORLD_IDS)
 def test_works_inside_the_vlm_reward_wrapper(env_id):
-    env = VLMRewardWrapper(gym.make(env_id, render_mode="rgb_array", image_size=64), goal=goal_for(env_id),
+    env = VLMRewardWrapper(gym.make(env_id, render_mode="rgb_array", render_size=64), goal=goal_for(env_id),
                            labeler=OracleLabeler(), seed=0)
     env.reset(seed=0)
     for _ in range(3):
@@ -75,7 +75,7 @@ def test_goals_are_rl_vlm_f_wording():
 
 def test_mujoco_gl_is_chosen_when_unset_and_left_alone_when_set():
     script = (
-        "import os; from vlm_reward_wrappers.envs import _mujoco; chosen = _mujoco.select_mujoco_gl(); "
+        "import os; from vlm_reward_wrappers.envs import mujoco_setup; chosen = mujoco_setup.select_mujoco_gl(); "
         "import mujoco; r = mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8); "
         "r.render(); r.close(); print(chosen, os.environ['MUJOCO_GL'])"
     )
@@ -91,7 +91,7 @@ def test_mujoco_gl_is_chosen_when_unset_and_left_alone_when_set():
 
 
 def test_missing_mujoco_names_the_extra(monkeypatch):
-    from vlm_reward_wrappers.envs._mujoco import import_mujoco
+    from vlm_reward_wrappers.envs.mujoco_setup import import_mujoco
 
     monkeypatch.setitem(sys.modules, "mujoco", None)  # makes `import mujoco` raise ImportError
     with pytest.raises(ImportError, match=r"vlm-reward-wrappers\[mujoco\]"):

@@ -25,7 +25,7 @@ def run(env, actions) -> dict:
 
 @pytest.fixture
 def fold():
-    env = ClothFoldEnv(render_mode="rgb_array", image_size=96)
+    env = ClothFoldEnv(render_mode="rgb_array", render_size=96)
     yield env
     env.close()
 

@@ -22,7 +22,7 @@ def test_rl_vlm_f_cameras_look_down_at_the_table_with_its_crops():
 
 
 def test_named_upside_down_cameras_are_turned_upright():
-    env = make_metaworld_env("drawer-open", image_size=32, camera="corner")
+    env = make_metaworld_env("drawer-open", render_size=32, camera="corner")
     sawyer = env.metaworld_env.unwrapped
     camera = sawyer.model.camera("corner").id
     env.reset(seed=0)
@@ -32,7 +32,7 @@ def test_named_upside_down_cameras_are_turned_upright():
 
 @pytest.mark.filterwarnings("ignore:Constant")  # MetaWorld's policies warn that they clip their own gains
 def test_scripted_drawer_opening_succeeds_and_shows_in_frames():
-    env = make_metaworld_env("drawer-open", image_size=96, seed=0)
+    env = make_metaworld_env("drawer-open", render_size=96, seed=0)
     obs, _ = env.reset(seed=0)
     first = env.render()
     policy = SawyerDrawerOpenV3Policy()
@@ -47,7 +47,7 @@ def test_scripted_drawer_opening_succeeds_and_shows_in_frames():
 
 
 def test_sweep_into_block_is_green_as_in_the_goal():
-    env = make_metaworld_env("sweep-into", image_size=96, seed=0)
+    env = make_metaworld_env("sweep-into", render_size=96, seed=0)
     env.reset(seed=0)
     frame = env.render().astype(int)
     green = (frame[..., 1] - frame[..., 0] > 60) & (frame[..., 1] - frame[..., 2] > 60)

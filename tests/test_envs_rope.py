@@ -17,7 +17,7 @@ def rope_pixels(frame: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def rope():
-    env = RopeStraightenEnv(render_mode="rgb_array", image_size=96)
+    env = RopeStraightenEnv(render_mode="rgb_array", render_size=96)
     yield env
     env.close()
 

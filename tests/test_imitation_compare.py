@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from vlm_reward_wrappers.benchmark import TaskConfig
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "imitation_compare.py"
 _spec = importlib.util.spec_from_file_location("imitation_compare", SCRIPT)
 compare = importlib.util.module_from_spec(_spec)
@@ -56,7 +54,7 @@ def test_a_missing_venv_is_explained(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not compare.imitation_python().exists(), reason="needs .venv-imitation (see benchmarks/imitation_compare.py)")
 def test_tiny_comparison_end_to_end(monkeypatch, tmp_path):
-    tiny = TaskConfig(
+    tiny = compare.TaskConfig(
         "vlmrw/CartPoleAngle-v0", "PPO", steps={"smoke": 512}, eval_every={"smoke": 256}, eval_episodes=1,
         learner={"smoke": dict(query_every=256, pairs_per_query=5, feedback_budget=10, epochs_per_update=1)},
         algo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=1),

@@ -142,8 +142,8 @@ def test_sigkill_loses_no_committed_label_and_the_next_run_repeats_no_query(tmp_
     asked = second_log.read_text().splitlines() if second_log.exists() else []
     assert not _unordered(_pairs(asked)) & _unordered(stored)
     assert out["finished"]["queries_sent"] == len(asked)
-    # The first batch (step 20) draws the same 8 pairs as run 1's first batch, all answered from the store.
-    assert out["finished"]["queries_cached"] >= 8
+    # Pairs already answered are not drawn again: no budget slot goes to a pair the store answers.
+    assert out["finished"]["queries_cached"] == 0 and out["finished"]["queries_issued"] > len(records)
 
 
 def test_every_answer_is_committed_with_its_query_and_compressed_frames(tmp_path):
@@ -153,18 +153,20 @@ def test_every_answer_is_committed_with_its_query_and_compressed_frames(tmp_path
         gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, label_store=store,
         seed=0, asynchronous=False, seed_steps=10, query_every=10, pairs_per_query=5,
     )
+    before = time.time()
     env.reset(seed=0)
+    env.action_space.seed(0)
     for _ in range(20):
         env.step(env.action_space.sample())
+    after = time.time()
     metrics = env.learner.metrics
     records = store.records(GOAL, labeler.labeler_id, labeler.prompt_version)
     # A pair drawn twice is stored once, and answered from the store if it was already there.
     assert 0 < len(records) <= metrics["queries_answered"]
     assert metrics["queries_answered"] + metrics["queries_cached"] == metrics["queries_issued"]
-    now = time.time()
     for record in records:
         assert record.preference in (-1, 0, 1) and record.raw == str(record.preference)
-        assert record.latency_s >= 0 and now - 60 < record.created <= now
+        assert record.latency_s >= 0 and before <= record.created <= after  # stamped when answered
         frame, reward_input = store.frame(record.hash_a)
         assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and reward_input is None
     with sqlite3.connect(tmp_path / "labels.sqlite") as raw:

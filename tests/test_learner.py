@@ -1,5 +1,4 @@
 import threading
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +19,7 @@ from vlm_reward_wrappers import (
     UniformSampler,
     VLMRewardWrapper,
 )
+from vlm_reward_wrappers.labelling import RetryPolicy
 from vlm_reward_wrappers.labels import frame_hash
 
 
@@ -30,7 +30,7 @@ class FailingLabeler(Labeler):
         self.failures, self.calls = failures, 0
         self.oracle = OracleLabeler()
 
-    def label(self, queries, goal):
+    def compare(self, queries, goal):
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionError("VLM server is down")
@@ -38,14 +38,14 @@ class FailingLabeler(Labeler):
 
 
 def _learner(labeler, **kwargs):
-    settings = dict(seed_steps=20, query_every=20, pairs_per_query=8, retry_backoff_s=0.0, seed=0)
+    settings = dict(seed_steps=20, query_every=20, pairs_per_query=8, retry=RetryPolicy(backoff_s=0.0), seed=0)
     settings.update(kwargs)
     return PreferenceLearner(GOAL, labeler, RewardModel("frame", (64, 64, 3), seed=0), **settings)
 
 
 def _feed(learner, frames, rewards):
     for t in range(len(frames)):
-        learner.observe(frames[t : t + 1], rewards[t : t + 1], np.array([0]), np.array([t]))
+        learner.observe(frames[t : t + 1], rewards[t : t + 1])
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +53,48 @@ def frames():
     return rollout_frames("vlmrw/CartPoleAngle-v0", 120)
 
 
+class BlockedLabeler(Labeler):
+    """Answers like the oracle, but only once ``release`` is set: until then each call waits inside."""
+
+    def __init__(self):
+        self.oracle = OracleLabeler()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.answered = 0
+
+    def compare(self, queries, goal):
+        self.entered.set()
+        if not self.release.wait(timeout=30):  # a step waits for this answer: fail, but do not hang
+            self.release.set()
+        self.answered += len(queries)
+        return self.oracle.label(queries, goal)
+
+
 def test_slow_labeler_never_blocks_a_step(frames):
-    learner = _learner(OracleLabeler(delay_s=0.2), query_every=10)
+    labeler = BlockedLabeler()
+    learner = PreferenceLearner(GOAL, labeler, RewardModel("frame", (64, 64, 3), seed=0), seed_steps=20,
+                                query_every=10, pairs_per_query=8, seed=0)
     frames_, rewards = frames
-    step_times = []
     for t in range(len(frames_)):
-        started = time.perf_counter()
-        learner.observe(frames_[t : t + 1], rewards[t : t + 1], np.array([0]), np.array([t]))
-        step_times.append(time.perf_counter() - started)
-    assert learner.metrics["queue_length"] > 0  # answers were still on their way...
-    assert max(step_times) < 0.2  # ...and no step waited for one (a query takes 0.2 s)
+        learner.observe(frames_[t : t + 1], rewards[t : t + 1])
+        if t == 29:  # the first batch went out at step 20: the labeler is now stuck inside its call...
+            assert labeler.entered.wait(timeout=30)
+    # ...and all 120 steps completed while it was, with every query still pending.
+    assert learner.num_timesteps == len(frames_) and labeler.answered == 0
+    m = learner.metrics
+    assert m["queue_length"] == m["queries_issued"] > 0 and m["queries_answered"] == 0
+    assert m["labels_used"] == 0 and learner.reward_model.version == 0
+    labeler.release.set()
     assert learner.flush(timeout=30)
-    assert learner.metrics["labels_used"] > 0 and learner.reward_model.version >= 1
+    m = learner.metrics
+    assert labeler.answered == m["queries_answered"] > 0 and m["queue_length"] == m["queries_dropped"] == 0
+    assert m["queries_answered"] + m["queries_cached"] == m["queries_issued"]
+    assert m["labels_used"] > 0 and learner.reward_model.version >= 1
     learner.close()
 
 
 def test_failing_labeler_is_retried_then_dropped_and_counted(frames):
     labeler = FailingLabeler()
-    learner = _learner(labeler, max_retries=2)
+    learner = _learner(labeler, retry=RetryPolicy(max_retries=2, backoff_s=0.0))
     _feed(learner, *frames)
     learner.flush(timeout=30)
     m = learner.metrics
@@ -81,7 +105,7 @@ def test_failing_labeler_is_retried_then_dropped_and_counted(frames):
 
 
 def test_labeler_that_recovers_gets_its_labels_used(frames):
-    learner = _learner(FailingLabeler(failures=1), max_retries=1)
+    learner = _learner(FailingLabeler(failures=1), retry=RetryPolicy(max_retries=1, backoff_s=0.0))
     _feed(learner, *frames)
     learner.flush(timeout=30)
     m = learner.metrics
@@ -94,7 +118,7 @@ def test_failing_labeler_does_not_stop_sb3_training(cartpole):
     from stable_baselines3 import PPO
 
     env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=FailingLabeler(), seed=0, seed_steps=32, query_every=32,
-                           pairs_per_query=4, retry_backoff_s=0.0)
+                           pairs_per_query=4, retry=RetryPolicy(backoff_s=0.0))
     PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0).learn(256)
     env.learner.flush(timeout=10)
     assert env.learner.metrics["labeler_failures"] > 0
@@ -145,18 +169,22 @@ def test_restart_with_the_same_store_resumes_labels_and_repeats_no_query(frames,
     used = first.metrics["labels_used"]
     first.close()
 
+    answered = {frozenset((r.hash_a, r.hash_b)) for r in LabelStore(path).records()}
+
     class CountingOracle(OracleLabeler):
-        sent = 0
+        asked = []
 
-        def label(self, queries, goal):
-            CountingOracle.sent += len(queries)
-            return super().label(queries, goal)
+        def compare(self, queries, goal):
+            CountingOracle.asked += [frozenset((frame_hash(q.frame_a), frame_hash(q.frame_b))) for q in queries]
+            return super().compare(queries, goal)
 
-    second = _learner(CountingOracle(), label_store=LabelStore(path), asynchronous=False)
-    assert second.metrics["labels_used"] == used > 0
+    second = _learner(CountingOracle(), label_store=LabelStore(path), asynchronous=False, feedback_budget=80)
+    m = second.metrics
+    assert m["labels_used"] == used > 0 and m["labels_resumed"] == len(answered) == m["queries_issued"]
     assert second.reward_model.version == 1  # trained on the resumed labels at start
-    _feed(second, *frames)  # the same frames: every query is answered from the store
-    assert CountingOracle.sent == 0 and second.metrics["queries_cached"] > 0
+    _feed(second, *frames)  # the same frames: the rest of the budget goes to pairs not answered yet
+    assert CountingOracle.asked and not set(CountingOracle.asked) & answered
+    assert second.metrics["queries_issued"] == 80
     second.close()
 
 
@@ -164,7 +192,7 @@ def test_restart_with_the_same_store_resumes_labels_and_repeats_no_query(frames,
 def test_samplers_return_distinct_pairs(frames, sampler):
     frames_, rewards = frames
     buffer = FrameBuffer(200, (64, 64, 3))
-    buffer.add(frames_, rewards, np.zeros(len(rewards)), np.arange(len(rewards)))
+    buffer.add(frames_, rewards)
     model = RewardModel("frame", (64, 64, 3), seed=0)
     a, b = sampler.select(buffer, model, 10, np.random.default_rng(0))
     assert 0 < len(a) == len(b) <= 10
@@ -174,7 +202,7 @@ def test_samplers_return_distinct_pairs(frames, sampler):
 def test_disagreement_sampler_picks_the_most_disputed_pairs(frames):
     frames_, rewards = frames
     buffer = FrameBuffer(200, (64, 64, 3))
-    buffer.add(frames_, rewards, np.zeros(len(rewards)), np.arange(len(rewards)))
+    buffer.add(frames_, rewards)
     model = RewardModel("frame", (64, 64, 3), seed=0)
     rng = np.random.default_rng(0)
     a, b = DisagreementSampler(oversample=10).select(buffer, model, 5, rng)
@@ -190,7 +218,7 @@ def test_disagreement_sampler_picks_the_most_disputed_pairs(frames):
 def test_frame_buffer_is_a_bounded_ring():
     buffer = FrameBuffer(5, (2, 2, 3))
     for t in range(7):
-        buffer.add(np.full((1, 2, 2, 3), t, np.uint8), np.array([t]), np.array([0]), np.array([t]))
+        buffer.add(np.full((1, 2, 2, 3), t, np.uint8), np.array([t]))
     assert len(buffer) == 5 and buffer.frames.shape[0] == 5
     assert sorted(buffer.gt_rewards.tolist()) == [2, 3, 4, 5, 6]
 

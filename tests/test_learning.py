@@ -16,7 +16,7 @@ from vlm_reward_wrappers import (
     RewardModel,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.benchmark import random_score
+from vlm_reward_wrappers.evaluation import random_score
 
 
 def test_learned_frame_reward_ranks_cartpole_frames_by_pole_angle():

@@ -13,9 +13,10 @@ pytest.importorskip("llama_cpp")
 from conftest import GOAL  # noqa: E402
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers import LabelStore, VLMRewardWrapper  # noqa: E402
-from vlm_reward_wrappers.cli import _parser, make_labeler  # noqa: E402
-from vlm_reward_wrappers.labelers import NO_PREFERENCE, LlamaCppLabeler, Query  # noqa: E402
+from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
+from vlm_reward_wrappers.labelers import NO_PREFERENCE, ChatPreferenceLabeler, LlamaCppLabeler, Query  # noqa: E402
 from vlm_reward_wrappers.labelers.prompts import parse_preference  # noqa: E402
+from vlm_reward_wrappers.labels import frame_hash  # noqa: E402
 
 # One thread each: the test machines have 2 cores, shared (shared/notes/local-vlm.md).
 FAST = dict(n_ctx=2048, n_threads=1, n_threads_batch=1, max_analysis_tokens=32)
@@ -72,7 +73,7 @@ def test_soft_labels_come_from_the_answer_token_probabilities(tiny_vlm, query):
     assert set(probs) == {"0", "1", "-1"} and sum(probs.values()) == pytest.approx(1.0, abs=2e-3)
     assert answer.soft == pytest.approx(probs["1"] / (probs["0"] + probs["1"]), abs=2e-3)
     assert answer.preference == {"0": 0, "1": 1, "-1": -1}[max(probs, key=probs.get)]
-    assert labeler.max_answer_tokens == 1 and "soft_labels=True" in labeler.labeler_id
+    assert "soft_labels=True" in labeler.labeler_id
 
 
 class _ChunkRecorder:
@@ -109,13 +110,14 @@ class _ChunkRecorder:
 )
 def test_the_prompt_really_built_keeps_each_caption_beside_its_image(tiny_vlm, query, handler, layout):
     labeler = LlamaCppLabeler(*tiny_vlm, chat_handler=handler, **FAST)
-    recorder = _ChunkRecorder(labeler.chat_handler._mtmd_cpp, labeler.llama)
-    labeler.chat_handler._mtmd_cpp = recorder
+    backend = labeler.backend
+    recorder = _ChunkRecorder(backend.chat_handler._mtmd_cpp, backend.llama)
+    backend.chat_handler._mtmd_cpp = recorder
     try:
         labeler.label([query], GOAL)
     finally:
         labeler.close()
-    assert labeler.layout == layout
+    assert backend.layout == layout
     stage1, stage2 = recorder.prompts
     assert [kind for kind, _ in stage2] == ["text"]  # stage 2 is text only, as in RL-VLM-F
     kinds = [kind for kind, _ in stage1]
@@ -131,19 +133,38 @@ def test_the_prompt_really_built_keeps_each_caption_beside_its_image(tiny_vlm, q
 
 def test_trains_inside_the_wrapper_with_answers_in_the_store(tiny_vlm):
     labeler = LlamaCppLabeler(*tiny_vlm, two_stage=False, **FAST)
+    asked = {}  # (hash_a, hash_b) -> preference: every answer the model gave
+    compare = labeler.compare
+
+    def recording_compare(queries, goal):
+        answers = compare(queries, goal)
+        for query, answer in zip(queries, answers):
+            asked[frame_hash(query.frame_a), frame_hash(query.frame_b)] = answer.preference
+        return answers
+
+    labeler.compare = recording_compare
     store = LabelStore()
     env = VLMRewardWrapper(
-        gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, image_size=48,
-        seed=0, label_store=store, asynchronous=False, seed_steps=8, query_every=8, pairs_per_query=3,
+        gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler,
+        reward_image_size=48, seed=0, label_store=store, asynchronous=False, seed_steps=8, query_every=8,
+        pairs_per_query=3,
     )
     env.reset(seed=0)
+    env.action_space.seed(0)
     for _ in range(17):
         env.step(env.action_space.sample())
     metrics = env.learner.metrics
     env.close()  # closes the labeler too
-    assert metrics["queries_answered"] == 6 and metrics["labeler_failures"] == 0
+    # Two batches of 3 pairs were due (steps 8 and 16). A pair whose two frames are identical by
+    # content to a pair already drawn is sent once, so the learner's own count is the reference.
+    assert 3 < metrics["queries_issued"] <= 6
+    assert metrics["labeler_failures"] == metrics["queries_dropped"] == 0
+    assert metrics["queries_answered"] + metrics["queries_cached"] == metrics["queries_issued"]
+    assert metrics["queries_answered"] == len(asked)
+    # Every answer the model gave is in the store, as given.
     records = store.records(GOAL, labeler.labeler_id, labeler.prompt_version)
-    assert len(records) == 6 and all(r.raw and r.preference in (-1, 0, 1) for r in records)
+    assert {(r.hash_a, r.hash_b): r.preference for r in records} == asked and len(records) == len(asked)
+    assert all(r.raw and r.preference in (-1, 0, 1) for r in records)
 
 
 def test_missing_files_name_what_to_download(tiny_vlm, tmp_path):
@@ -164,11 +185,11 @@ def test_missing_llama_cpp_names_the_extra(tiny_vlm, monkeypatch):
 
 def test_the_cli_builds_it_from_its_options(tiny_vlm):
     model, projector = map(str, tiny_vlm)
-    args = _parser().parse_args(["train", "--labeler", "llama", "--model-path", model, "--mmproj-path", projector,
-                                 "--chat-handler", "llava-1-5", "--vlm-threads", "1", "--single-stage"])
+    args = build_parser().parse_args(["train", "--labeler", "llama", "--model-path", model, "--mmproj-path",
+                                      projector, "--chat-handler", "llava-1-5", "--vlm-threads", "1", "--single-stage"])
     labeler = make_labeler(args)
     labeler.close()
-    assert isinstance(labeler, LlamaCppLabeler) and labeler.chat_handler_name == "llava-1-5"
-    assert labeler.prompt_version == "rlvlmf-single-stage-v1" and labeler.llama.n_threads == 1
+    assert isinstance(labeler, ChatPreferenceLabeler) and labeler.backend.chat_handler_name == "llava-1-5"
+    assert labeler.prompt_version == "rlvlmf-single-stage-v1" and labeler.backend.llama.n_threads == 1
     with pytest.raises(SystemExit, match="--mmproj-path"):
-        make_labeler(_parser().parse_args(["train", "--labeler", "llama", "--model-path", model]))
+        make_labeler(build_parser().parse_args(["train", "--labeler", "llama", "--model-path", model]))

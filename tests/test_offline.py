@@ -18,17 +18,20 @@ import minari  # noqa: E402
 from conftest import GOAL  # noqa: E402
 from offline_data import assert_same_data_but_rewards, cartpole_dataset, minari_home  # noqa: E402,F401  (autouse)
 from vlm_reward_wrappers.cli import main  # noqa: E402
-from vlm_reward_wrappers.labelers import OracleLabeler  # noqa: E402
-from vlm_reward_wrappers.labelers.chat import ChatLabeler  # noqa: E402
+from vlm_reward_wrappers.labelers import (  # noqa: E402
+    ChatScoreLabeler,
+    OracleLabeler,
+    OracleScoreLabeler,
+    ScoreLabeler,
+    WindowScores,
+)
+from vlm_reward_wrappers.labelers.backends import ChatBackend  # noqa: E402
+from vlm_reward_wrappers.labelling import RetryPolicy  # noqa: E402
 from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
-    ChatScoreLabeler,
     OfflineDataset,
-    OracleScoreLabeler,
     PreferenceRelabeler,
-    ScoreLabeler,
     WindowScorer,
-    WindowScores,
     fill_unscored,
     mix_rewards,
 )
@@ -73,7 +76,7 @@ def test_scripted_labelling_end_to_end_writes_the_scores_and_keeps_the_data(add_
         np.testing.assert_allclose(written.rewards, episode.rewards * add_dataset_reward + 0.1 * expected)
 
 
-class ScriptedChat(ChatLabeler):
+class ScriptedChat(ChatBackend):
     """A chat backend that records each request and answers from a script."""
 
     def __init__(self, replies, **kwargs):
@@ -84,9 +87,6 @@ class ScriptedChat(ChatLabeler):
         self.requests.append((messages, max_tokens))
         return self.replies.pop(0)
 
-    def label(self, queries, goal):
-        return [self.ask(query, goal) for query in queries]
-
 
 def _parts(messages, kind):
     return [part for m in messages if isinstance(m["content"], list) for part in m["content"] if part["type"] == kind]
@@ -95,7 +95,7 @@ def _parts(messages, kind):
 def test_chat_score_labeler_asks_both_stages_with_every_frame_and_action():
     dataset = cartpole_dataset(n_episodes=1, horizon=3)
     chat = ScriptedChat(["The cart moves; the pole rises.", "**Action 1**: 7\nAction 2: 3/10\nAction 3: 12"],
-                        image_size=48)
+                        query_image_size=48)
     labeler = ChatScoreLabeler(chat, action_description="a force on the cart, from -1 (left) to 1 (right)")
     [answer] = labeler.score([dataset.episodes[0].window(0, 3)], GOAL)
     np.testing.assert_array_equal(answer.scores, [7, 3, np.nan])  # 12 is off the 0-10 scale
@@ -107,7 +107,7 @@ def test_chat_score_labeler_asks_both_stages_with_every_frame_and_action():
     assert tokens >= 30 and answer.raw.startswith("The cart moves") and "[answer] **Action 1**: 7" in answer.raw
     assert labeler.prompt_version == "rgvlm-two-stage-v1" and "ScriptedChat" in labeler.labeler_id
 
-    single = ChatScoreLabeler(ScriptedChat(["[4, 5, 6]"], two_stage=False))
+    single = ChatScoreLabeler(ScriptedChat(["[4, 5, 6]"]), two_stage=False)
     [answer] = single.score([dataset.episodes[0].window(0, 3)], GOAL)
     assert list(answer.scores) == [4, 5, 6] and single.prompt_version == "rgvlm-single-stage-v1"
 
@@ -115,7 +115,7 @@ def test_chat_score_labeler_asks_both_stages_with_every_frame_and_action():
 class GarbageLabeler(ScoreLabeler):
     """Answers nothing readable: wrong lengths, NaN, text without scores."""
 
-    def score(self, windows, goal):
+    def score_windows(self, windows, goal):
         return [WindowScores(np.array([5.0]) if i % 2 else np.full(len(w), np.nan), raw="ddd\u0246")
                 for i, w in enumerate(windows)]
 
@@ -151,7 +151,7 @@ def test_a_failed_run_resumes_without_asking_any_window_twice_and_ends_with_the_
     first = CountingOracle(dataset.gt_reward_range, noise_std=2.0, fail_on_call=4)
     first.batch_size = 2
     with pytest.raises(ConnectionError):
-        WindowScorer(first, GOAL, store, window_size=3, max_retries=0).score(dataset)
+        WindowScorer(first, GOAL, store, window_size=3, retry=RetryPolicy(max_retries=0)).score(dataset)
     store.close()
     assert len(first.asked) == 6  # three calls of two windows answered, then the server went away
 
@@ -169,7 +169,7 @@ def test_a_failed_run_resumes_without_asking_any_window_twice_and_ends_with_the_
 def test_a_labeler_failing_once_is_retried(tmp_path):
     dataset = cartpole_dataset(n_episodes=1, horizon=4)
     labeler = CountingOracle(dataset.gt_reward_range, fail_on_call=1)
-    scorer = WindowScorer(labeler, GOAL, window_size=2, retry_backoff_s=0.0)
+    scorer = WindowScorer(labeler, GOAL, window_size=2, retry=RetryPolicy(backoff_s=0.0))
     assert not np.isnan(scorer.score(dataset)[0]).any()
     assert scorer.metrics["failed_calls"] == 1 and labeler.calls == 2
 
@@ -179,7 +179,8 @@ def test_a_labeler_failing_once_is_retried(tmp_path):
 CHILD = r"""
 import os, signal, sys
 from vlm_reward_wrappers.labels import LabelStore, frame_hash
-from vlm_reward_wrappers.offline import OfflineDataset, OracleScoreLabeler, WindowScorer, fill_unscored, mix_rewards
+from vlm_reward_wrappers.labelers import OracleScoreLabeler
+from vlm_reward_wrappers.offline import OfflineDataset, WindowScorer, fill_unscored, mix_rewards
 
 store_path, log_path, kill_on_call, out_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -242,14 +243,14 @@ def test_sigkill_mid_run_then_resume_sends_no_window_twice_and_writes_the_same_d
 
 # ------------------------------------------------------------------------------------ preferences
 def test_preference_route_relabels_and_ranks_transitions_by_the_true_reward(tmp_path):
-    dataset = cartpole_dataset(n_episodes=4, horizon=50, image_size=48)
+    dataset = cartpole_dataset(n_episodes=4, horizon=50, frame_size=48)
     store = LabelStore(tmp_path / "labels.sqlite")
-    relabeler = PreferenceRelabeler(OracleLabeler(), GOAL, store, n_queries=300, image_size=48, ensemble_size=1,
+    relabeler = PreferenceRelabeler(OracleLabeler(), GOAL, store, n_queries=300, reward_image_size=48, ensemble_size=1,
                                     epochs=30, seed=0)
     rewards = relabeler.relabel(dataset)
     metrics = relabeler.metrics
     # Pairs of frames that look alike (a fallen pole) may repeat a query: it is answered from the store.
-    assert metrics["queries_sent"] + metrics["queries_cached"] == metrics["queries"] > 250
+    assert metrics["queries_sent"] + metrics["queries_cached"] == metrics["queries_issued"] > 250
     assert metrics["label_accuracy"] == 1.0
     learned, gt = np.concatenate(rewards), dataset.gt_rewards
     i, j = np.random.default_rng(0).integers(len(gt), size=(2, 5000))
@@ -260,15 +261,15 @@ def test_preference_route_relabels_and_ranks_transitions_by_the_true_reward(tmp_
     out = dataset.to_minari("cartpole/preference-v0", mix_rewards(dataset, rewards, weight=2.0))
     np.testing.assert_allclose(np.concatenate([e.rewards for e in out.iterate_episodes()]), 2.0 * learned, rtol=1e-6)
 
-    # The same pairs again: every answer comes from the store.
-    again = PreferenceRelabeler(OracleLabeler(), GOAL, store, n_queries=300, image_size=48, ensemble_size=1, epochs=1)
+    # Again with the same store: every answer is resumed from it, and nothing is asked.
+    again = PreferenceRelabeler(OracleLabeler(), GOAL, store, n_queries=300, reward_image_size=48, ensemble_size=1, epochs=1)
     again.relabel(dataset)
-    assert again.metrics["queries_sent"] == 0 and again.metrics["queries_cached"] == metrics["queries"]
+    assert again.metrics["queries_sent"] == 0 and again.metrics["labels_resumed"] == metrics["queries_answered"]
 
 
 def test_preference_route_with_no_usable_answer_says_so():
     dataset = cartpole_dataset(n_episodes=1, horizon=10)
-    relabeler = PreferenceRelabeler(OracleLabeler(equal_threshold=10.0), GOAL, n_queries=5, image_size=48)
+    relabeler = PreferenceRelabeler(OracleLabeler(equal_threshold=10.0), GOAL, n_queries=5, reward_image_size=48)
     with pytest.raises(ValueError, match="no reward model can be trained"):
         relabeler.relabel(dataset)
 
@@ -356,7 +357,7 @@ def test_cli_label_writes_the_dataset_and_a_second_run_asks_nothing(capsys, tmp_
         np.testing.assert_array_equal(x.rewards, y.rewards)
 
     main([*common[:-1], "--out", "cartpole/p-v0", "--method", "preference", "--queries", "40", "--epochs", "2",
-          "--image-size", "48"])
+          "--reward-image-size", "48"])
     out = capsys.readouterr().out
     assert "preference rewards from the oracle labeler" in out and "label_accuracy" in out
     assert minari.load_dataset("cartpole/p-v0").total_steps == 16

@@ -14,11 +14,10 @@ from conftest import GOAL  # noqa: E402
 from offline_data import assert_same_data_but_rewards, cartpole_dataset, minari_home  # noqa: E402,F401  (autouse)
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers.cli import main  # noqa: E402
-from vlm_reward_wrappers.labelers import LlamaCppLabeler  # noqa: E402
+from vlm_reward_wrappers.labelers import ChatScoreLabeler, LlamaCppBackend  # noqa: E402
 from vlm_reward_wrappers.labelers.prompts import describe_actions  # noqa: E402
 from vlm_reward_wrappers.labels import LabelStore, frame_hash, window_hash  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
-    ChatScoreLabeler,
     OfflineDataset,
     WindowScorer,
     fill_unscored,
@@ -39,7 +38,7 @@ def test_the_tiny_vlm_labels_a_dataset_end_to_end(tiny_vlm, tmp_path):
     recorded.to_minari("cartpole/sparse-v0", [e.rewards for e in recorded.episodes])
     dataset = OfflineDataset.from_minari("cartpole/sparse-v0")
     store = LabelStore(tmp_path / "labels.sqlite")
-    labeler = ChatScoreLabeler(LlamaCppLabeler(*tiny_vlm, **FAST), max_analysis_tokens=24)
+    labeler = ChatScoreLabeler(LlamaCppBackend(*tiny_vlm, **FAST), max_analysis_tokens=24)
     scorer = WindowScorer(labeler, GOAL, store, window_size=3)
     try:
         scores = scorer.score(dataset)

@@ -23,14 +23,29 @@ pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[serve
 from conftest import GOAL  # noqa: E402
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers import VLMRewardWrapper  # noqa: E402
-from vlm_reward_wrappers.cli import _parser, make_labeler  # noqa: E402
-from vlm_reward_wrappers.labelers import NO_PREFERENCE, OpenAICompatibleLabeler, Query  # noqa: E402
-from vlm_reward_wrappers.labelers.openai_api import LabelerUnavailableError  # noqa: E402
+from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
+from vlm_reward_wrappers.labelers import (  # noqa: E402
+    NO_PREFERENCE,
+    ChatPreferenceLabeler,
+    LabelerRefusedError,
+    LabelerUnavailableError,
+    OpenAICompatibleLabeler,
+    Query,
+)
+from vlm_reward_wrappers.labelers.backends import OpenAICompatibleBackend  # noqa: E402
+from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy  # noqa: E402
+from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
 
 KEY_ENV = "VLMRW_TEST_API_KEY"
 KEY = "test-key-not-a-secret"
-# Fast failure in tests: few tokens, one retry, short backoff.
-FAST = dict(api_key_env=KEY_ENV, timeout_s=30, max_retries=1, retry_backoff_s=0.05, max_analysis_tokens=16)
+# Fast failure in tests: few tokens; and one retry with a short backoff for the labelling service.
+FAST = dict(api_key_env=KEY_ENV, timeout_s=30, max_analysis_tokens=16)
+RETRY = RetryPolicy(max_retries=1, backoff_s=0.05)
+
+
+def _service(labeler, retry=RETRY):
+    """A synchronous labelling service over ``labeler``: submit returns once every job is answered or dropped."""
+    return LabellingService(labeler, GOAL, LabelStore(), retry, asynchronous=False)
 
 
 def _free_port() -> int:
@@ -108,7 +123,7 @@ def _queries(n, seed=0):
 def test_queries_to_a_real_server_return_well_formed_preferences(start_server, api_key, two_stage):
     server = start_server()
     labeler = OpenAICompatibleLabeler(server.base_url, "tiny", two_stage=two_stage, max_concurrency=3, **FAST)
-    assert labeler.batch_size == 3
+    assert labeler.max_concurrency == 3
     q1, q2 = _queries(2)
     answers = labeler.label([q1, q2, q1], GOAL)
     assert len(answers) == 3 and answers[0] == answers[2]  # in order; temperature 0 is deterministic
@@ -117,22 +132,26 @@ def test_queries_to_a_real_server_return_well_formed_preferences(start_server, a
     assert ("[answer] " in answers[0].raw) == two_stage
 
 
-def test_a_missing_api_key_is_refused_at_once_not_retried(start_server, monkeypatch):
+def test_a_missing_api_key_is_refused_and_not_retried(start_server, monkeypatch):
     server = start_server()
     monkeypatch.delenv(KEY_ENV, raising=False)
-    labeler = OpenAICompatibleLabeler(server.base_url, "tiny", **{**FAST, "retry_backoff_s": 30})
-    started = time.monotonic()
-    with pytest.raises(RuntimeError, match="HTTP 401"):
+    labeler = OpenAICompatibleLabeler(server.base_url, "tiny", **FAST)
+    with pytest.raises(LabelerRefusedError, match="HTTP 401"):
         labeler.label(_queries(1), GOAL)
-    assert time.monotonic() - started < 10  # no 30 s backoff: a refusal is not retried
-    assert KEY not in labeler.labeler_id and KEY not in repr(vars(labeler))
+    service = _service(labeler, RetryPolicy(max_retries=3, backoff_s=0.05))
+    service.submit([PreferenceJob(query) for query in _queries(1)])
+    assert service.counts["sent"] == 1 and service.counts["failed_calls"] == 1 and service.counts["dropped"] == 1
+    assert KEY not in labeler.labeler_id and KEY not in repr(vars(labeler)) and KEY not in repr(vars(labeler.backend))
 
 
-def test_a_server_that_is_down_raises_a_clear_error():
+def test_a_server_that_is_down_raises_a_clear_error_and_is_retried_then_dropped():
     labeler = OpenAICompatibleLabeler(f"http://127.0.0.1:{_free_port()}", "tiny", **FAST)
-    assert labeler.url.endswith("/v1/chat/completions")
-    with pytest.raises(LabelerUnavailableError, match=r"after 2 attempts.*is the server running"):
+    assert labeler.backend.url.endswith("/v1/chat/completions")
+    with pytest.raises(LabelerUnavailableError, match=r"no answer from .*is the server running"):
         labeler.label(_queries(1), GOAL)
+    service = _service(labeler)
+    service.submit([PreferenceJob(query) for query in _queries(1)])
+    assert service.counts["sent"] == 2 and service.counts["failed_calls"] == 2 and service.counts["dropped"] == 1
 
 
 def test_training_goes_on_when_the_server_stops_mid_run(start_server, api_key):
@@ -140,7 +159,7 @@ def test_training_goes_on_when_the_server_stops_mid_run(start_server, api_key):
     labeler = OpenAICompatibleLabeler(server.base_url, "tiny", two_stage=False, max_concurrency=2, **FAST)
     env = VLMRewardWrapper(
         gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler, seed=0,
-        seed_steps=10, query_every=10, pairs_per_query=4, max_retries=1, retry_backoff_s=0.05,
+        seed_steps=10, query_every=10, pairs_per_query=4, retry=RETRY,
     )
 
     class StopServerMidRun(BaseCallback):
@@ -150,7 +169,8 @@ def test_training_goes_on_when_the_server_stops_mid_run(start_server, api_key):
 
         def _on_step(self):
             metrics = env.learner.metrics
-            assert time.monotonic() < self.deadline, metrics
+            if time.monotonic() > self.deadline:  # a guard against a hang, not a timing claim
+                return False
             if self.stopped_at is None and metrics["queries_answered"] >= 4:
                 server.stop()
                 self.stopped_at, self.answered = self.num_timesteps, metrics["queries_answered"]
@@ -192,14 +212,16 @@ def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
     thread.start()
     try:
         labeler = OpenAICompatibleLabeler(
-            f"http://127.0.0.1:{httpd.server_port}/", "my-model", two_stage=False, image_size=96,
+            f"http://127.0.0.1:{httpd.server_port}/", "my-model", two_stage=False, query_image_size=96,
             extra_body={"top_k": 1}, **FAST,
         )
-        answer = labeler.label(_queries(1), GOAL)[0]
+        service = _service(labeler)
+        service.submit([PreferenceJob(query) for query in _queries(1)])
+        [(_, answer)] = service.poll()
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert answer.preference == 1 and answer.raw == "Image 2 is closer. 1"
+    assert answer.preference == 1 and answer.raw == "Image 2 is closer. 1" and service.counts["failed_calls"] == 1
     assert len(seen) == 2 and seen[0] == seen[1]  # the 503 was retried with the same request
     path, authorization, body = seen[0]
     assert path == "/v1/chat/completions" and authorization == f"Bearer {KEY}"
@@ -216,10 +238,12 @@ def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
 
 
 def test_the_cli_builds_it_from_its_options():
-    labeler = make_labeler(_parser().parse_args(
+    labeler = make_labeler(build_parser().parse_args(
         ["train", "--labeler", "openai", "--base-url", "http://gpu-box:8000", "--model", "Qwen/Qwen2.5-VL-3B-Instruct",
-         "--max-concurrency", "16", "--vlm-image-size", "448"]
+         "--max-concurrency", "16", "--query-image-size", "448"]
     ))
-    assert isinstance(labeler, OpenAICompatibleLabeler)
-    assert labeler.url == "http://gpu-box:8000/v1/chat/completions" and labeler.batch_size == 16
-    assert labeler.model == "Qwen/Qwen2.5-VL-3B-Instruct" and labeler.image_size == 448 and labeler.two_stage
+    backend = labeler.backend
+    assert isinstance(labeler, ChatPreferenceLabeler) and labeler.max_concurrency == 16 and labeler.two_stage
+    assert isinstance(backend, OpenAICompatibleBackend)
+    assert backend.url == "http://gpu-box:8000/v1/chat/completions" and backend.model == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert backend.query_image_size == 448

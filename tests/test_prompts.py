@@ -10,12 +10,12 @@ from PIL import Image
 
 from vlm_reward_wrappers import labelers
 from vlm_reward_wrappers.labelers import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.labelers.backends import frame_to_data_uri
 from vlm_reward_wrappers.labelers.prompts import (
     SINGLE_STAGE_VERSION,
     TWO_STAGE_VERSION,
     analysis_prompt,
     answer_prompt,
-    frame_to_data_uri,
     image_messages,
     parse_preference,
     prompt_version,
@@ -120,8 +120,8 @@ def _decode(uri):
 def test_frame_to_data_uri_is_lossless_png_and_resizes_on_request():
     frame = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     np.testing.assert_array_equal(_decode(frame_to_data_uri(frame)), frame)
-    assert _decode(frame_to_data_uri(frame, image_size=120)).shape == (80, 120, 3)
-    assert _decode(frame_to_data_uri(frame, image_size=30)).shape == (20, 30, 3)
+    assert _decode(frame_to_data_uri(frame, query_image_size=120)).shape == (80, 120, 3)
+    assert _decode(frame_to_data_uri(frame, query_image_size=30)).shape == (20, 30, 3)
 
 
 def test_importing_the_package_loads_no_optional_backend():
@@ -129,7 +129,8 @@ def test_importing_the_package_loads_no_optional_backend():
         "import sys, vlm_reward_wrappers, vlm_reward_wrappers.labelers as labelers\n"
         "assert labelers.OpenAICompatibleLabeler.__name__ == 'OpenAICompatibleLabeler'\n"
         "assert labelers.LlamaCppLabeler.__name__ == 'LlamaCppLabeler'\n"
-        "assert labelers.CLIPRewardWrapper.__name__ == 'CLIPRewardWrapper'\n"
+        "assert labelers.LlamaCppBackend.__name__ == 'LlamaCppBackend'\n"
+        "assert vlm_reward_wrappers.CLIPRewardWrapper.__name__ == 'CLIPRewardWrapper'\n"
         "assert vlm_reward_wrappers.LlamaCppLabeler is labelers.LlamaCppLabeler\n"
         "heavy = [m for m in ('llama_cpp', 'open_clip', 'torchvision') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -1,31 +1,73 @@
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3 import PPO, SAC
 
 from conftest import GOAL
 from vlm_reward_wrappers import OracleLabeler, RelabelReplayBufferCallback, VLMRewardWrapper
+from vlm_reward_wrappers.frames import resize_frame
 
 
-@pytest.mark.parametrize("reward_input", ["frame", "observation"])
-def test_replay_rewards_are_recomputed_after_each_update(cartpole, reward_input):
-    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), reward_input=reward_input, seed=0,
-                           seed_steps=200, query_every=200, pairs_per_query=30, asynchronous=False)
+class StepRecorder(gym.Wrapper):
+    """Records, in step order, what each env step returned: its observation and reward, and the frame
+    rendered after it (resized to ``image_size``), so a test can recompute rewards on its own."""
+
+    def __init__(self, env, image_size=64):
+        super().__init__(env)
+        self.image_size = image_size
+        self.next_observations, self.rewards, self.frames = [], [], {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.next_observations.append(np.array(obs, dtype=np.float32))
+        self.rewards.append(float(reward))
+        return obs, reward, terminated, truncated, info
+
+    def render(self):
+        frame = self.env.render()
+        # Keyed by the step just taken: the frame the VLMRewardWrapper above scores for it.
+        self.frames[len(self.next_observations) - 1] = resize_frame(frame, self.image_size)
+        return frame
+
+
+@pytest.mark.parametrize("reward_input, learn_calls", [
+    ("frame", 1),
+    ("observation", 1),
+    ("frame", 2),  # training resumed with a second learn() call, the same callback and replay buffer
+    ("observation", 2),
+])
+def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(cartpole, reward_input, learn_calls):
+    below = StepRecorder(cartpole)  # sees the frame and next observation of each step
+    env = VLMRewardWrapper(below, goal=GOAL, labeler=OracleLabeler(), reward_input=reward_input, seed=0,
+                           seed_steps=100, query_every=100, pairs_per_query=20, asynchronous=False)
+    above = StepRecorder(env)  # sees the reward the agent was given when the step was taken
     callback = RelabelReplayBufferCallback(env)
-    model = SAC("MlpPolicy", env, learning_starts=1000, buffer_size=5000, seed=0)
-    model.learn(199, callback=callback)  # fill the buffer before the first update
-    buffer = model.replay_buffer
-    before = buffer.rewards[: buffer.pos].copy()
-    model.learn(60, callback=callback, reset_num_timesteps=False)  # the first update happens at step 200
-    assert env.learner.reward_model.version >= 1 and callback.relabels >= 1
-    after = buffer.rewards[: len(before)]
-    assert np.abs(after - before).max() > 1e-3
-    # Every stored reward is the current model's reward of the stored transition's input.
-    if reward_input == "frame":
-        inputs = callback._inputs[: buffer.pos, 0]
+    model = SAC("MlpPolicy", above, learning_starts=50, buffer_size=5000, seed=0)
+    steps = 320  # 3 episodes of 100 steps and some: terminal transitions included
+    # Reward-model updates at steps 100, 200 and 300.
+    if learn_calls == 1:
+        model.learn(steps, callback=callback)
     else:
-        inputs = buffer.next_observations[: buffer.pos, 0]
-    np.testing.assert_allclose(buffer.rewards[: buffer.pos, 0], env.learner.reward_model.predict(inputs), atol=1e-5)
-    assert len(callback._inputs if reward_input == "frame" else []) <= buffer.buffer_size
+        model.learn(150, callback=callback)
+        model.learn(steps - 150, callback=callback, reset_num_timesteps=False)
+
+    learner, buffer = env.learner, model.replay_buffer
+    assert learner.reward_model.version >= 3 and callback.relabels >= 3
+    assert buffer.pos == steps == len(below.next_observations) and not buffer.full
+    # Slot i holds step i: its next observation is the one step i returned (the terminal one at an end).
+    np.testing.assert_array_equal(buffer.next_observations[:steps, 0], np.stack(below.next_observations))
+    if reward_input == "frame":
+        assert sorted(below.frames) == list(range(steps))
+        inputs = np.stack([below.frames[i] for i in range(steps)])
+    else:
+        inputs = np.stack(below.next_observations)
+    expected = learner.reward_model.predict(inputs)
+    np.testing.assert_allclose(buffer.rewards[:steps, 0], expected, atol=1e-5)
+    # Steps before the last update were paid by older models, and relabelling rewrote their rewards;
+    # the steps since were paid by the current model.
+    given = np.array(above.rewards, dtype=np.float32)
+    assert np.abs(given[:300] - expected[:300]).max() > 1e-2
+    np.testing.assert_allclose(given[300:], expected[300:], atol=1e-5)
     env.close()
 
 

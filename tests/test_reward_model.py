@@ -86,5 +86,5 @@ def test_save_and_load_round_trip(tmp_path):
 def test_bad_shapes_get_clear_errors():
     with pytest.raises(ValueError, match="at least 48"):
         RewardModel("frame", (32, 32, 3))
-    with pytest.raises(ValueError, match="input_kind"):
+    with pytest.raises(ValueError, match="reward_input"):
         RewardModel("pixels", (64, 64, 3))

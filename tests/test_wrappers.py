@@ -1,10 +1,11 @@
+from functools import partial
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from conftest import GOAL
@@ -65,23 +66,64 @@ def test_observation_reward_input_uses_an_mlp_on_states(cartpole):
     env.close()
 
 
+class StepCountEnv(gym.Env):
+    """Renders its step count: every pixel of the frame after the k-th step of an episode is 10 * k."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode="rgb_array"):
+        self.render_mode, self.t = render_mode, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), float(self.t), False, False, {}
+
+    def render(self):
+        return np.full((48, 48, 3), 10 * self.t, np.uint8)
+
+
+def _step_count_env(horizon):
+    return FrameInfoWrapper(gym.wrappers.TimeLimit(StepCountEnv(), horizon), reward_image_size=48)
+
+
 @pytest.mark.parametrize("vec_cls", [DummyVecEnv, SubprocVecEnv])
 def test_vec_env_wrapper_batches_rewards_and_keeps_terminal_frames(vec_cls):
-    venv = make_vec_env(
-        "CartPole-v1", n_envs=2, seed=0, vec_env_cls=vec_cls, env_kwargs={"render_mode": "rgb_array"},
-        wrapper_class=FrameInfoWrapper, wrapper_kwargs={"image_size": 48},
-    )
-    env = VLMRewardVecEnvWrapper(venv, goal=GOAL, labeler=OracleLabeler(), image_size=48, seed=0)
+    horizons = (4, 7)  # episodes of different lengths: the envs end them at different steps
+    venv = vec_cls([partial(_step_count_env, h) for h in horizons])
+    env = VLMRewardVecEnvWrapper(venv, goal=GOAL, labeler=OracleLabeler(), reward_image_size=48, seed=0,
+                                 seed_steps=10**6)
     env.reset()
-    saw_done = False
-    for _ in range(60):
-        obs, rewards, dones, infos = env.step(np.array([env.action_space.sample() for _ in range(2)]))
+    model, terminal_steps = env.learner.reward_model, 0
+    for t in range(30):
+        obs, rewards, dones, infos = env.step(np.zeros(2, dtype=np.int64))
         assert rewards.shape == (2,)
-        np.testing.assert_allclose(rewards, env.learner.reward_model.predict(env.learner.last_inputs), atol=1e-6)
-        assert all(info["gt_reward"] == 1.0 and "vlm_frame" not in info for info in infos)
-        saw_done |= bool(dones.any())
-    assert saw_done
-    assert env.learner.num_timesteps == 120
+        np.testing.assert_allclose(rewards, model.predict(env.learner.last_inputs), atol=1e-6)
+        assert all("vlm_frame" not in info for info in infos)
+        for i, (horizon, info) in enumerate(zip(horizons, infos)):
+            k = t % horizon + 1  # the step of its episode that env i just took
+            assert info["gt_reward"] == k and dones[i] == (k == horizon)
+            # The frame scored is the state the step reached: at an episode's end the terminal state,
+            # not the next episode's first (reset) state, whose frame is all 0.
+            frame = np.full((48, 48, 3), 10 * k, np.uint8)
+            np.testing.assert_array_equal(env.learner.last_inputs[i], frame)
+            assert rewards[i] == pytest.approx(float(model.predict(frame[None])[0]), abs=1e-6)
+            terminal_steps += int(dones[i])
+    assert terminal_steps == 30 // 4 + 30 // 7
+    # The learner's buffer, whose frames the labeler is shown, holds the same: entry j is env j % 2's
+    # step j // 2, and the frame kept for an episode's last step is its terminal state's.
+    buffer = env.learner.buffer
+    assert len(buffer) == env.learner.num_timesteps == 60
+    for j in range(60):
+        k = (j // 2) % horizons[j % 2] + 1
+        np.testing.assert_array_equal(buffer.frames[j], np.full((48, 48, 3), 10 * k, np.uint8))
+        assert buffer.gt_rewards[j] == k
     env.close()
 
 

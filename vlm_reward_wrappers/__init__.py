@@ -3,30 +3,39 @@
 from vlm_reward_wrappers import envs  # noqa: F401  (registers the vlmrw/ env ids)
 from vlm_reward_wrappers.callbacks import RelabelReplayBufferCallback, VLMMetricsCallback
 from vlm_reward_wrappers.frames import FrameBuffer
-from vlm_reward_wrappers.labelers import Answer, Labeler, OracleLabeler, Query
+from vlm_reward_wrappers.labelers import (
+    Answer,
+    ChatPreferenceLabeler,
+    Labeler,
+    LlamaCppLabeler,
+    OpenAICompatibleLabeler,
+    OracleLabeler,
+    Query,
+)
+from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore, PreferenceDataset
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel
 from vlm_reward_wrappers.sampling import DisagreementSampler, EntropySampler, PairSampler, UniformSampler
-from vlm_reward_wrappers.wrappers import FrameInfoWrapper, VLMRewardVecEnvWrapper, VLMRewardWrapper
+from vlm_reward_wrappers.wrappers import CLIPRewardWrapper, FrameInfoWrapper, VLMRewardVecEnvWrapper, VLMRewardWrapper
 
 __version__ = "0.1.0"
 
-#: Optional backends, imported on first use so that importing the package loads none of them.
-_LAZY_LABELERS = ("LlamaCppLabeler", "OpenAICompatibleLabeler", "CLIPLabeler", "CLIPRewardWrapper")
-
 
 def __getattr__(name: str):
-    if name in _LAZY_LABELERS:
-        from vlm_reward_wrappers import labelers
+    # open_clip is imported on first use, so that importing the package loads none of it.
+    if name == "CLIPLabeler":
+        from vlm_reward_wrappers.labelers.clip import CLIPLabeler
 
-        return getattr(labelers, name)
+        return CLIPLabeler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    *_LAZY_LABELERS,
     "Answer",
+    "CLIPLabeler",
+    "CLIPRewardWrapper",
+    "ChatPreferenceLabeler",
     "BradleyTerryTrainer",
     "DisagreementSampler",
     "EntropySampler",
@@ -34,12 +43,16 @@ __all__ = [
     "FrameInfoWrapper",
     "Labeler",
     "LabelStore",
+    "LabellingService",
+    "LlamaCppLabeler",
+    "OpenAICompatibleLabeler",
     "OracleLabeler",
     "PairSampler",
     "PreferenceDataset",
     "PreferenceLearner",
     "Query",
     "RelabelReplayBufferCallback",
+    "RetryPolicy",
     "RewardModel",
     "UniformSampler",
     "VLMMetricsCallback",

@@ -55,7 +55,8 @@ class RelabelReplayBufferCallback(BaseCallback):
                 f"RelabelReplayBufferCallback is for off-policy algorithms (SAC, TD3, DQN); "
                 f"{type(self.model).__name__} collects fresh rollouts and needs no relabelling"
             )
-        if self.learner.reward_model.input_kind == "frame":
+        # learn() runs this on every call: frames kept for a replay buffer that goes on must survive it.
+        if self.learner.reward_model.reward_input == "frame" and self._inputs is None:
             n_envs = self.model.n_envs
             first = min(1024, self.model.replay_buffer.buffer_size)
             self._inputs = np.zeros((first, n_envs, *self.learner.reward_model.input_shape), dtype=np.uint8)

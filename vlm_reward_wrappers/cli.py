@@ -1,6 +1,6 @@
 """Command line: ``vlm-reward train`` trains an SB3 agent on the learned reward and prints its figures;
-``vlm-reward bench`` compares reward sources against the true reward; ``vlm-reward label`` relabels a
-fixed dataset's rewards with a VLM (offline)."""
+``vlm-reward label`` relabels a fixed dataset's rewards with a VLM (offline). The benchmark harness,
+which compares reward sources against the true reward, is ``python benchmarks/run.py``."""
 
 from __future__ import annotations
 
@@ -18,25 +18,34 @@ import numpy as np
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
 
 
+def make_backend(args: argparse.Namespace):
+    """The chat backend of ``--labeler llama`` or ``--labeler openai``, built from its options."""
+    from vlm_reward_wrappers.labelers import backends
+
+    if args.labeler == "llama":
+        if not (args.model_path and args.mmproj_path):
+            raise SystemExit("--labeler llama needs --model-path and --mmproj-path (GGUF files, see the README)")
+        return backends.LlamaCppBackend(
+            args.model_path, args.mmproj_path, chat_handler=args.chat_handler, n_ctx=args.n_ctx,
+            n_threads=args.vlm_threads, n_threads_batch=args.vlm_threads, n_gpu_layers=args.n_gpu_layers,
+            query_image_size=args.query_image_size,
+        )
+    if args.labeler == "openai":
+        return backends.OpenAICompatibleBackend(
+            args.base_url, args.model, api_key_env=args.api_key_env, timeout_s=args.timeout_s,
+            max_concurrency=args.max_concurrency, query_image_size=args.query_image_size,
+        )
+    raise ValueError(f"--labeler {args.labeler} has no chat backend")
+
+
 def make_labeler(args: argparse.Namespace):
-    """The labeler named by ``--labeler``, built from its options."""
+    """The preference labeler named by ``--labeler``, built from its options."""
     from vlm_reward_wrappers import labelers
 
     if args.labeler == "oracle":
         return labelers.OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
-    if args.labeler == "llama":
-        if not (args.model_path and args.mmproj_path):
-            raise SystemExit("--labeler llama needs --model-path and --mmproj-path (GGUF files, see the README)")
-        return labelers.LlamaCppLabeler(
-            args.model_path, args.mmproj_path, chat_handler=args.chat_handler, n_ctx=args.n_ctx,
-            n_threads=args.vlm_threads, n_threads_batch=args.vlm_threads, n_gpu_layers=args.n_gpu_layers,
-            image_size=args.vlm_image_size, two_stage=not args.single_stage,
-        )
-    if args.labeler == "openai":
-        return labelers.OpenAICompatibleLabeler(
-            args.base_url, args.model, api_key_env=args.api_key_env, timeout_s=args.timeout_s,
-            max_concurrency=args.max_concurrency, image_size=args.vlm_image_size, two_stage=not args.single_stage,
-        )
+    if args.labeler in ("llama", "openai"):
+        return labelers.ChatPreferenceLabeler(make_backend(args), two_stage=not args.single_stage)
     if args.labeler == "clip":
         return labelers.CLIPLabeler(
             args.clip_model, margin=args.clip_margin, checkpoint_path=args.clip_checkpoint,
@@ -54,7 +63,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     from stable_baselines3.common.monitor import Monitor
 
     from vlm_reward_wrappers import LabelStore, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper
-    from vlm_reward_wrappers.benchmark import random_score
+    from vlm_reward_wrappers.evaluation import random_score
     from vlm_reward_wrappers.envs import goal_for
 
     # Small networks on a few cores run several times faster on one thread (notes/install.md).
@@ -63,7 +72,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     labeler = make_labeler(args)
     env = VLMRewardWrapper(
         gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler,
-        reward_input=args.reward_input, image_size=args.image_size, seed=args.seed,
+        reward_input=args.reward_input, reward_image_size=args.reward_image_size, seed=args.seed,
         label_store=LabelStore(args.label_store) if args.label_store else None,
         seed_steps=args.seed_steps, query_every=args.query_every, pairs_per_query=args.pairs_per_query,
         feedback_budget=args.feedback_budget, epochs_per_update=args.epochs_per_update,
@@ -99,7 +108,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     }
 
 
-def _labeler_options() -> argparse.ArgumentParser:
+def labeler_options() -> argparse.ArgumentParser:
     """The options of :func:`make_labeler`, shared by the commands that label."""
     labeler = argparse.ArgumentParser(add_help=False)
     labeler.add_argument("--labeler", default="oracle", choices=("oracle", "llama", "openai", "clip"),
@@ -116,7 +125,8 @@ def _labeler_options() -> argparse.ArgumentParser:
     labeler.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
     labeler.add_argument("--timeout-s", type=float, default=300.0, help="openai: seconds to wait for one response")
     labeler.add_argument("--max-concurrency", type=int, default=4, help="openai: requests in flight at once")
-    labeler.add_argument("--vlm-image-size", type=int, default=None, help="llama, openai: longer side of images sent")
+    labeler.add_argument("--query-image-size", type=int, default=None,
+                         help="llama, openai: longer side in pixels of the frames sent to the VLM")
     labeler.add_argument("--single-stage", action="store_true", help="llama, openai: ask for the answer in one query")
     labeler.add_argument("--clip-model", default="ViT-B-32", help="clip: open_clip architecture")
     labeler.add_argument("--clip-checkpoint", default=None, help="clip: local weights file")
@@ -125,12 +135,11 @@ def _labeler_options() -> argparse.ArgumentParser:
     return labeler
 
 
-def _parser() -> argparse.ArgumentParser:
-    from vlm_reward_wrappers.benchmark import SIMULATED_SOURCES, SIZES, SMOKE_TASKS, TASKS
-
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``vlm-reward``: the ``train`` and ``label`` commands."""
     parser = argparse.ArgumentParser(prog="vlm-reward", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    labeler = _labeler_options()
+    labeler = labeler_options()
     p = sub.add_parser("train", parents=[labeler],
                        help="train an SB3 agent on the learned reward and print true return and label figures")
     p.add_argument("--env", default="vlmrw/CartPoleAngle-v0", help="Gymnasium id (rendered as rgb_array)")
@@ -138,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", default="PPO", choices=ALGOS)
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
     p.add_argument("--reward-input", default="frame", choices=("frame", "observation"))
-    p.add_argument("--image-size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--reward-image-size", type=int, default=64, help="side in pixels of the reward model's frames")
     p.add_argument("--seed-steps", type=int, default=500)
     p.add_argument("--query-every", type=int, default=1000)
     p.add_argument("--pairs-per-query", type=int, default=50)
@@ -151,15 +160,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
-
-    b = sub.add_parser("bench", parents=[labeler], help="benchmark reward sources against the true reward")
-    b.add_argument("--size", default="smoke", choices=SIZES, help="smoke: minutes on 2 CPU cores; full: RL-VLM-F's budgets")
-    b.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS),
-                   help=f"default: {' '.join(SMOKE_TASKS)} (smoke), all (full)")
-    b.add_argument("--sources", nargs="+", default=list(SIMULATED_SOURCES),
-                   help="true, oracle, mistake-<rate>, and 'vlm' (the --labeler given) or 'clip'")
-    b.add_argument("--seeds", nargs="+", type=int, default=[0])
-    b.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
 
     o = sub.add_parser("label", parents=[labeler],
                        help="relabel a Minari dataset's rewards with VLM scores (RG-VLM) or a reward model "
@@ -184,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="score: value of unreadable scores (default: mean of the scored transitions)")
     o.add_argument("--queries", type=int, default=2000, help="preference: pairs to label (feedback budget)")
     o.add_argument("--epochs", type=int, default=50, help="preference: reward-model epochs")
-    o.add_argument("--image-size", type=int, default=64, help="preference: frame side of queries and reward model")
+    o.add_argument("--reward-image-size", type=int, default=64,
+                   help="preference: side in pixels of the reward model's frames (and of the frames shown)")
     o.add_argument("--save-reward-model", default=None, help="preference: write the trained reward model here")
     o.add_argument("--threads", type=int, default=1, help="torch threads")
     o.add_argument("--seed", type=int, default=0)
@@ -192,32 +193,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bench(args: argparse.Namespace) -> None:
-    """Run the benchmark grid and write its table and curves."""
-    from pathlib import Path
-
-    from vlm_reward_wrappers.benchmark import SMOKE_TASKS, TASKS, run_benchmark
-
-    tasks = args.tasks or (list(SMOKE_TASKS) if args.size == "smoke" else sorted(TASKS))
-    labelers = {}
-    if args.labeler in ("llama", "openai"):
-        labelers["vlm"] = lambda: make_labeler(args)
-    if "clip" in args.sources:
-        labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
-    out = Path(args.out or Path("benchmarks") / "results" / args.size)
-    run_benchmark(args.size, tasks, args.sources, args.seeds, out, labelers)
-    print((out / "results.md").read_text())
-
-
 def label(args: argparse.Namespace) -> Dict[str, float]:
     """Relabel ``args.dataset`` with ``args.method`` and write it as ``args.out``; return the figures."""
     import torch
 
     from vlm_reward_wrappers.envs import goal_for
+    from vlm_reward_wrappers.labelers import ChatScoreLabeler, OracleScoreLabeler
     from vlm_reward_wrappers.labels import LabelStore
     from vlm_reward_wrappers.offline import (
-        ChatScoreLabeler, OfflineDataset, OracleScoreLabeler, PreferenceRelabeler, WindowScorer, fill_unscored,
-        mix_rewards, true_reward_correlation,
+        OfflineDataset, PreferenceRelabeler, WindowScorer, fill_unscored, mix_rewards, true_reward_correlation,
     )
 
     torch.set_num_threads(args.threads)
@@ -232,18 +216,19 @@ def label(args: argparse.Namespace) -> Dict[str, float]:
             raise SystemExit("CLIP compares frames but cannot score transitions: use --method preference")
         scorer = WindowScorer(
             OracleScoreLabeler(dataset.gt_reward_range, noise_std=args.score_noise, seed=args.seed)
-            if args.labeler == "oracle" else ChatScoreLabeler(make_labeler(args), args.action_description),
+            if args.labeler == "oracle"
+            else ChatScoreLabeler(make_backend(args), args.action_description, two_stage=not args.single_stage),
             goal, store, window_size=args.window,
         )
         vlm_rewards = fill_unscored(scorer.score(dataset), args.fill)
         figures = scorer.metrics
-        scorer.labeler.close()
+        scorer.close()
     else:
         relabeler = PreferenceRelabeler(make_labeler(args), goal, store, n_queries=args.queries,
-                                        image_size=args.image_size, epochs=args.epochs, seed=args.seed)
+                                        reward_image_size=args.reward_image_size, epochs=args.epochs, seed=args.seed)
         vlm_rewards = relabeler.relabel(dataset)
         figures = relabeler.metrics
-        relabeler.labeler.close()
+        relabeler.close()
         if args.save_reward_model:
             relabeler.reward_model.save(args.save_reward_model)
     store.close()
@@ -256,12 +241,9 @@ def label(args: argparse.Namespace) -> Dict[str, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "bench":
-        bench(args)
-        return
     if args.command == "label":
         figures = label(args)
         if args.json:

@@ -1,4 +1,4 @@
-"""Frames: resizing rendered images and the ring buffer the learner samples query pairs from."""
+"""Frames: turning rendered images into reward-model inputs, and the ring buffer query pairs are drawn from."""
 
 from __future__ import annotations
 
@@ -7,31 +7,31 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from vlm_reward_wrappers.labels import check_frame
 
-def resize_frame(frame: np.ndarray, image_size: int) -> np.ndarray:
+
+def resize_frame(frame: np.ndarray, reward_image_size: int) -> np.ndarray:
     """Resize one rendered rgb frame to a square reward-model input.
 
     :param frame: (H, W, 3) uint8 image as returned by ``env.render()``.
-    :param image_size: side of the output in pixels.
-    :return: (image_size, image_size, 3) uint8 image.
+    :param reward_image_size: side of the output in pixels.
+    :return: (reward_image_size, reward_image_size, 3) uint8 image.
     """
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) rgb frame, got shape {frame.shape}")
-    if frame.shape[:2] == (image_size, image_size):
-        return np.ascontiguousarray(frame, dtype=np.uint8)
-    image = Image.fromarray(frame.astype(np.uint8, copy=False))
+    frame = check_frame(frame, "the rendered frame")
+    if frame.shape[:2] == (reward_image_size, reward_image_size):
+        return np.ascontiguousarray(frame)
     # BOX averages every source pixel, so thin objects (a pole, a rope) survive large downscales;
     # reducing_gap first shrinks by an integer factor, which is faster and looks the same.
-    return np.array(image.resize((image_size, image_size), Image.Resampling.BOX, reducing_gap=1.5))
+    image = Image.fromarray(frame)
+    return np.array(image.resize((reward_image_size, reward_image_size), Image.Resampling.BOX, reducing_gap=1.5))
 
 
 class FrameBuffer:
-    """Bounded ring buffer of the frames seen during training, with their ids.
+    """Bounded ring buffer of the frames seen during training.
 
     Each entry holds the frame (uint8, reward-model resolution), optionally the state observation
-    the reward model reads instead, the episode and step ids, and the true reward (used only for
-    the oracle teacher and for accuracy metrics, never for learning).
+    the reward model reads instead, and the true reward (used only for the oracle teacher and for
+    accuracy metrics, never for learning).
 
     :param capacity: the most entries kept; the oldest are overwritten first.
     :param frame_shape: (H, W, 3) of stored frames.
@@ -52,29 +52,18 @@ class FrameBuffer:
             np.zeros((capacity, *observation_shape), dtype=np.float32) if observation_shape is not None else None
         )
         self.gt_rewards = np.full(capacity, np.nan, dtype=np.float64)
-        self.episode_ids = np.zeros(capacity, dtype=np.int64)
-        self.step_ids = np.zeros(capacity, dtype=np.int64)
         self.pos = 0
         self.full = False
 
     def __len__(self) -> int:
         return self.capacity if self.full else self.pos
 
-    def add(
-        self,
-        frames: np.ndarray,
-        gt_rewards: np.ndarray,
-        episode_ids: np.ndarray,
-        step_ids: np.ndarray,
-        observations: Optional[np.ndarray] = None,
-    ) -> np.ndarray:
+    def add(self, frames: np.ndarray, gt_rewards: np.ndarray, observations: Optional[np.ndarray] = None) -> np.ndarray:
         """Append a batch of entries (one per env) and return the indices they were written to."""
         n = len(frames)
         idx = (self.pos + np.arange(n)) % self.capacity
         self.frames[idx] = frames
         self.gt_rewards[idx] = gt_rewards
-        self.episode_ids[idx] = episode_ids
-        self.step_ids[idx] = step_ids
         if self.observations is not None:
             if observations is None:
                 raise ValueError("this FrameBuffer stores observations: pass them to add()")
@@ -83,10 +72,14 @@ class FrameBuffer:
         self.pos = (self.pos + n) % self.capacity
         return idx
 
-    def inputs(self, idx: np.ndarray, kind: str) -> np.ndarray:
-        """Reward-model inputs at ``idx``: frames (kind "frame") or observations (kind "observation")."""
-        if kind == "frame":
+    def inputs(self, idx: np.ndarray, reward_input: str) -> np.ndarray:
+        """Reward-model inputs at ``idx``: frames (``reward_input`` "frame") or observations ("observation")."""
+        if reward_input == "frame":
             return self.frames[idx]
         if self.observations is None:
             raise ValueError("this FrameBuffer stores no observations")
         return self.observations[idx]
+
+    def recent(self, n: int) -> np.ndarray:
+        """Indices of the ``n`` newest entries (fewer if the buffer holds fewer), newest first."""
+        return (self.pos - 1 - np.arange(min(len(self), n))) % self.capacity

@@ -1,5 +1,5 @@
-"""Label data: frame hashing, the durable label store (sqlite3) of preferences and window scores, and the
-preference training dataset."""
+"""Label data: preference values, frame hashing, the durable label store (sqlite3) of preferences and
+window scores, and the preference training dataset. Knows no labeler."""
 
 from __future__ import annotations
 
@@ -11,11 +11,35 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vlm_reward_wrappers.labelers.base import NO_PREFERENCE
+#: Preference values: the first frame is closer to the goal, the second is, or no preference (stored,
+#: never trained on).
+FIRST, SECOND, NO_PREFERENCE = 0, 1, -1
+
+
+def check_frame(frame: Any, what: str = "frame") -> np.ndarray:
+    """An (H, W, 3) uint8 rgb frame, or a ValueError saying what a frame must be.
+
+    Integer frames within 0-255 are converted; float frames are refused (0-1 and 0-255 scales cannot be
+    told apart), and so are values outside 0-255.
+    """
+    array = np.asarray(frame)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"{what} must be an (H, W, 3) rgb image, got an array of shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "iu":
+        raise ValueError(
+            f"{what} has dtype {array.dtype}; frames must be uint8 rgb in 0-255, as render_mode='rgb_array' "
+            "returns them: convert float images first, e.g. (image * 255).round().astype(np.uint8) for a 0-1 scale"
+        )
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"{what} has values from {low} to {high}; frames must be uint8 rgb in 0-255")
+    return array.astype(np.uint8)
 
 
 def frame_hash(frame: np.ndarray) -> str:
@@ -133,12 +157,34 @@ class LabelStore:
 
     def __init__(self, path: Union[str, Path] = ":memory:") -> None:
         self.path = str(path)
+        if self.path != ":memory:":
+            folder = Path(self.path).resolve().parent
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"cannot create the label store {self.path}: the folder {folder} does not exist; create it "
+                    f"first (os.makedirs({str(folder)!r})) or choose another path"
+                )
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if self.path != ":memory:":
-            # WAL keeps committed rows through a SIGKILL without an fsync per reader.
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            if self.path != ":memory:":
+                # WAL keeps committed rows through a SIGKILL without an fsync per reader.
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ValueError(
+                f"{self.path} is not a label store ({error}): pass a new file name, or the sqlite file a "
+                "previous run wrote with LabelStore(path)"
+            ) from error
+
+    def _check_schema(self) -> None:
+        """Raise sqlite3.DatabaseError if a table of this name exists with other columns (another app's)."""
+        for table, expected in (("frames", "frame"), ("labels", "preference"), ("window_scores", "scores")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if expected not in columns:
+                raise sqlite3.DatabaseError(f"its table {table!r} has no column {expected!r}")
 
     def __len__(self) -> int:
         with self._lock:

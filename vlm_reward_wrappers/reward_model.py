@@ -45,7 +45,7 @@ class EnsembleCNN(nn.Module):
     def __init__(
         self,
         ensemble_size: int,
-        image_size: int,
+        reward_image_size: int,
         channels: Sequence[int] = (16, 32, 64, 128),
         kernels: Sequence[int] = (5, 3, 3, 3),
         strides: Sequence[int] = (3, 2, 2, 2),
@@ -62,10 +62,10 @@ class EnsembleCNN(nn.Module):
         self.convs = nn.Sequential(*layers)
         with torch.no_grad():
             try:
-                out = self.convs(torch.zeros(1, 3 * ensemble_size, image_size, image_size))
+                out = self.convs(torch.zeros(1, 3 * ensemble_size, reward_image_size, reward_image_size))
             except RuntimeError as error:
                 raise ValueError(
-                    f"image_size {image_size} is too small for the reward CNN's strides {tuple(strides)}; "
+                    f"reward_image_size {reward_image_size} is too small for the reward CNN's strides {tuple(strides)}; "
                     "use at least 48 (64 is the default)"
                 ) from error
         self.head = EnsembleLinear(ensemble_size, out[0].numel() // ensemble_size, 1)
@@ -103,7 +103,7 @@ class EnsembleMLP(nn.Module):
 class RewardModel:
     """An ensemble reward model on frames or observations, with reward normalisation and save/load.
 
-    :param input_kind: "frame" (uint8 (H, W, 3) images, the default CNN) or "observation" (flat float
+    :param reward_input: "frame" (uint8 (H, W, 3) images, the default CNN) or "observation" (flat float
         state vectors, the MLP).
     :param input_shape: (H, W, 3) for frames (square), (D,) for observations.
     :param ensemble_size: members; the reward is their mean (3 in RL-VLM-F).
@@ -115,23 +115,25 @@ class RewardModel:
 
     def __init__(
         self,
-        input_kind: str,
+        reward_input: str,
         input_shape: Tuple[int, ...],
         ensemble_size: int = 3,
         normalize: bool = True,
         device: Union[str, torch.device] = "cpu",
         seed: Optional[int] = None,
     ) -> None:
-        if input_kind not in ("frame", "observation"):
-            raise ValueError(f"input_kind must be 'frame' or 'observation', got {input_kind!r}")
-        self.input_kind = input_kind
+        if reward_input not in ("frame", "observation"):
+            raise ValueError(f"reward_input must be 'frame' or 'observation', got {reward_input!r}")
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be at least 1, got {ensemble_size}")
+        self.reward_input = reward_input
         self.input_shape = tuple(int(d) for d in input_shape)
         self.ensemble_size = ensemble_size
         self.normalize = normalize
         self.device = torch.device(device)
         if seed is not None:
             torch.manual_seed(seed)
-        if input_kind == "frame":
+        if reward_input == "frame":
             if len(self.input_shape) != 3 or self.input_shape[0] != self.input_shape[1] or self.input_shape[2] != 3:
                 raise ValueError(f"frame input_shape must be (S, S, 3), got {self.input_shape}")
             self.net: nn.Module = EnsembleCNN(ensemble_size, self.input_shape[0])
@@ -152,7 +154,7 @@ class RewardModel:
         """
         x = torch.as_tensor(np.ascontiguousarray(inputs), device=self.device)
         per_member = x.ndim == len(self.input_shape) + 2
-        if self.input_kind == "frame":
+        if self.reward_input == "frame":
             return x.movedim(-1, -3).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0).sub_(0.5)
         x = x.to(torch.float32)
         return x if per_member else x.unsqueeze(1).expand(-1, self.ensemble_size, -1)
@@ -184,7 +186,7 @@ class RewardModel:
         torch.save(
             {
                 "config": dict(
-                    input_kind=self.input_kind,
+                    reward_input=self.reward_input,
                     input_shape=self.input_shape,
                     ensemble_size=self.ensemble_size,
                     normalize=self.normalize,

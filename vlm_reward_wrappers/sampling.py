@@ -44,9 +44,8 @@ class _ScoredSampler(PairSampler):
 
     def select(self, buffer, model, n_pairs, rng):
         a, b = _distinct_pairs(buffer, n_pairs * self.oversample, rng)
-        kind = model.input_kind
-        r_a = model.member_rewards(buffer.inputs(a, kind))
-        r_b = model.member_rewards(buffer.inputs(b, kind))
+        r_a = model.member_rewards(buffer.inputs(a, model.reward_input))
+        r_b = model.member_rewards(buffer.inputs(b, model.reward_input))
         p_second = 1.0 / (1.0 + np.exp(-(r_b - r_a)))  # (E, n): each member's Bradley-Terry preference
         top = np.argsort(-self.score(p_second), kind="stable")[:n_pairs]
         return a[top], b[top]

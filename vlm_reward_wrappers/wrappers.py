@@ -1,13 +1,14 @@
-"""Gymnasium and SB3 VecEnv wrappers that replace an env's reward with the learned preference reward.
+"""Gymnasium and SB3 VecEnv wrappers that replace an env's reward: with the learned preference reward,
+or with a CLIP score (VLM-RM).
 
-The wrappers are thin: they render, resize and hand frames to a :class:`PreferenceLearner`, and know
-nothing of any VLM.
+The wrappers are thin: they render, resize and hand frames to a :class:`PreferenceLearner` (or to a
+CLIP embedder), and know nothing of any VLM.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -44,17 +45,28 @@ def _make_learner(
     labeler: Labeler,
     observation_space: gym.Space,
     reward_input: str,
-    image_size: int,
+    reward_image_size: int,
     reward_model: Optional[RewardModel],
     ensemble_size: int,
     seed: Optional[int],
     learner_kwargs: dict,
 ) -> PreferenceLearner:
+    if reward_input not in ("frame", "observation"):
+        raise ValueError(f"reward_input must be 'frame' or 'observation', got {reward_input!r}")
+    shape: Tuple[int, ...] = (
+        (reward_image_size, reward_image_size, 3) if reward_input == "frame" else (_observation_dim(observation_space),)
+    )
     if reward_model is None:
-        shape: Tuple[int, ...] = (
-            (image_size, image_size, 3) if reward_input == "frame" else (_observation_dim(observation_space),)
-        )
         reward_model = RewardModel(reward_input, shape, ensemble_size=ensemble_size, seed=seed)
+    elif (reward_model.reward_input, reward_model.input_shape, reward_model.ensemble_size) != (
+        reward_input, shape, ensemble_size
+    ):
+        raise ValueError(
+            f"the reward_model given reads {reward_model.reward_input} inputs of shape {reward_model.input_shape} "
+            f"with {reward_model.ensemble_size} members, but the wrapper was asked for {reward_input} inputs of "
+            f"shape {shape} with {ensemble_size}: pass the model's own reward_input, reward_image_size and "
+            "ensemble_size"
+        )
     return PreferenceLearner(goal, labeler, reward_model, seed=seed, **learner_kwargs)
 
 
@@ -68,8 +80,9 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :param goal: the task in words, e.g. "the pole is upright on the cart".
     :param labeler: compares frames against the goal (a VLM labeler, CLIP or :class:`OracleLabeler`).
     :param reward_input: what the reward model reads: "frame" (RL-VLM-F) or "observation".
-    :param image_size: side in pixels of the frames stored, labelled and fed to the reward model.
+    :param reward_image_size: side in pixels of the reward model's input frames.
     :param reward_model: a model to continue from (e.g. :meth:`RewardModel.load`); a new one by default.
+        Its input and ensemble size must match ``reward_input``, ``reward_image_size`` and ``ensemble_size``.
     :param ensemble_size: members of a new reward model.
     :param seed: seed of the reward model, pair sampling and training.
     :param learner_kwargs: schedule and training settings of :class:`PreferenceLearner`
@@ -82,7 +95,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         goal: str,
         labeler: Labeler,
         reward_input: str = "frame",
-        image_size: int = 64,
+        reward_image_size: int = 64,
         reward_model: Optional[RewardModel] = None,
         ensemble_size: int = 3,
         seed: Optional[int] = None,
@@ -91,35 +104,24 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         _check_render_mode(env.render_mode, "VLMRewardWrapper")
         # No deep copy: labelers hold models and connections; a recreated wrapper shares them.
         gym.utils.RecordConstructorArgs.__init__(
-            self, goal=goal, labeler=labeler, reward_input=reward_input, image_size=image_size,
+            self, goal=goal, labeler=labeler, reward_input=reward_input, reward_image_size=reward_image_size,
             reward_model=reward_model, ensemble_size=ensemble_size, seed=seed, _disable_deepcopy=True,
             **learner_kwargs,
         )
         gym.Wrapper.__init__(self, env)
-        self.image_size = image_size
+        self.reward_image_size = reward_image_size
         self.learner = _make_learner(
-            goal, labeler, env.observation_space, reward_input, image_size, reward_model, ensemble_size, seed,
+            goal, labeler, env.observation_space, reward_input, reward_image_size, reward_model, ensemble_size, seed,
             learner_kwargs,
         )
-        self._episode_id = -1
-        self._step_id = 0
-
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-        self._episode_id += 1
-        self._step_id = 0
-        return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
         obs, gt_reward, terminated, truncated, info = self.env.step(action)
-        frame = resize_frame(self.env.render(), self.image_size)
+        frame = resize_frame(self.env.render(), self.reward_image_size)
         observations = None
-        if self.learner.reward_model.input_kind == "observation":
+        if self.learner.reward_model.reward_input == "observation":
             observations = np.asarray(obs, dtype=np.float32)[None]
-        reward = self.learner.observe(
-            frame[None], np.array([gt_reward], dtype=np.float64), np.array([self._episode_id]),
-            np.array([self._step_id]), observations,
-        )[0]
-        self._step_id += 1
+        reward = self.learner.observe(frame[None], np.array([gt_reward], dtype=np.float64), observations)[0]
         info["gt_reward"] = gt_reward
         return obs, float(reward), terminated, truncated, info
 
@@ -136,15 +138,15 @@ class FrameInfoWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     terminal state's, not the next episode's first.
     """
 
-    def __init__(self, env: gym.Env, image_size: int = 64) -> None:
+    def __init__(self, env: gym.Env, reward_image_size: int = 64) -> None:
         _check_render_mode(env.render_mode, "FrameInfoWrapper")
-        gym.utils.RecordConstructorArgs.__init__(self, image_size=image_size)
+        gym.utils.RecordConstructorArgs.__init__(self, reward_image_size=reward_image_size)
         gym.Wrapper.__init__(self, env)
-        self.image_size = image_size
+        self.reward_image_size = reward_image_size
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info[FRAME_KEY] = resize_frame(self.env.render(), self.image_size)
+        info[FRAME_KEY] = resize_frame(self.env.render(), self.reward_image_size)
         return obs, reward, terminated, truncated, info
 
 
@@ -163,7 +165,7 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         goal: str,
         labeler: Labeler,
         reward_input: str = "frame",
-        image_size: int = 64,
+        reward_image_size: int = 64,
         reward_model: Optional[RewardModel] = None,
         ensemble_size: int = 3,
         seed: Optional[int] = None,
@@ -171,9 +173,9 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
     ) -> None:
         _check_render_mode(venv.render_mode, "VLMRewardVecEnvWrapper")
         super().__init__(venv)
-        self.image_size = image_size
+        self.reward_image_size = reward_image_size
         self.learner = _make_learner(
-            goal, labeler, venv.observation_space, reward_input, image_size, reward_model, ensemble_size, seed,
+            goal, labeler, venv.observation_space, reward_input, reward_image_size, reward_model, ensemble_size, seed,
             learner_kwargs,
         )
         self._frames_in_info = all(venv.env_is_wrapped(FrameInfoWrapper))
@@ -184,11 +186,8 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
                 "make_vec_env to fix this and render in the workers",
                 stacklevel=2,
             )
-        self._episode_ids = np.zeros(self.num_envs, dtype=np.int64)
-        self._step_ids = np.zeros(self.num_envs, dtype=np.int64)
 
     def reset(self):
-        self._step_ids[:] = 0
         return self.venv.reset()
 
     def step_wait(self):
@@ -196,21 +195,81 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         if self._frames_in_info:
             frames = np.stack([info.pop(FRAME_KEY) for info in infos])
         else:
-            frames = np.stack([resize_frame(image, self.image_size) for image in self.venv.get_images()])
+            frames = np.stack([resize_frame(image, self.reward_image_size) for image in self.venv.get_images()])
         observations = None
-        if self.learner.reward_model.input_kind == "observation":
+        if self.learner.reward_model.reward_input == "observation":
             observations = np.stack([
                 info["terminal_observation"] if done and "terminal_observation" in info else o
                 for o, done, info in zip(obs, dones, infos)
             ]).astype(np.float32)
-        rewards = self.learner.observe(frames, gt_rewards, self._episode_ids.copy(), self._step_ids.copy(), observations)
+        rewards = self.learner.observe(frames, gt_rewards, observations)
         for info, gt in zip(infos, gt_rewards):
             info["gt_reward"] = float(gt)
-        self._step_ids += 1
-        self._episode_ids[dones] += 1
-        self._step_ids[dones] = 0
         return obs, rewards, dones, infos
 
     def close(self) -> None:
         self.learner.close()
         self.venv.close()
+
+
+class CLIPRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Replaces the env's reward with a CLIP score of each rendered frame; no preferences, no training.
+
+    Without ``baseline`` the reward is the cosine similarity of frame and goal embeddings. With a
+    baseline text (what the scene looks like without the goal, e.g. "a pole on a cart"), it is
+    VLM-RM's baseline-regularised score on unit embeddings x (frame) and g (goal)::
+
+        reward = 1 - 0.5 * ||(x - g) P||^2,   P = alpha d d^T / ||d||^2 + (1 - alpha) I,   d = g - b
+
+    which projects out directions the goal and baseline texts do not differ in (alpha = 0 gives back
+    the cosine similarity). The env's reward goes to ``info["gt_reward"]``.
+
+    :param env: an env created with ``render_mode="rgb_array"``.
+    :param goal: the task in words.
+    :param baseline: the baseline text b, or None for the plain CLIP score.
+    :param alpha: strength of the baseline regularisation in [0, 1].
+    :param model_name: an open_clip architecture, or a
+        :class:`~vlm_reward_wrappers.labelers.clip.CLIPEmbedder` to share (``[clip]`` extra).
+    :param clip_kwargs: the embedder's other arguments (``checkpoint_path``, ...).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        goal: str,
+        baseline: Optional[str] = None,
+        alpha: float = 0.5,
+        model_name: Union[str, Any] = "ViT-B-32",
+        **clip_kwargs: Any,
+    ) -> None:
+        _check_render_mode(env.render_mode, "CLIPRewardWrapper")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        # Not deep-copied: an embedder holds a model.
+        gym.utils.RecordConstructorArgs.__init__(
+            self, _disable_deepcopy=True, goal=goal, baseline=baseline, alpha=alpha, model_name=model_name,
+            **clip_kwargs,
+        )
+        gym.Wrapper.__init__(self, env)
+        from vlm_reward_wrappers.labelers.clip import make_embedder
+
+        self.embedder = make_embedder(model_name, clip_kwargs)
+        self.goal_embedding = self.embedder.embed_texts([goal])[0]
+        dim = len(self.goal_embedding)
+        #: (D, D) projection P; the identity without a baseline.
+        self.projection = np.eye(dim, dtype=np.float32)
+        if baseline is not None:
+            direction = self.goal_embedding - self.embedder.embed_texts([baseline])[0]
+            self.projection = (
+                alpha * np.outer(direction, direction) / float(direction @ direction) + (1.0 - alpha) * self.projection
+            ).astype(np.float32)
+
+    def clip_reward(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> np.ndarray:
+        """(N, H, W, 3) uint8 frames -> (N,) float32 rewards (the formula in the class docstring)."""
+        offset = (self.embedder.embed_frames(frames) - self.goal_embedding) @ self.projection
+        return (1.0 - 0.5 * np.sum(offset**2, axis=-1)).astype(np.float32)
+
+    def step(self, action):
+        obs, gt_reward, terminated, truncated, info = self.env.step(action)
+        info["gt_reward"] = gt_reward
+        return obs, float(self.clip_reward([self.env.render()])[0]), terminated, truncated, info

@@ -6,7 +6,7 @@ little and a missing extra is reported when a task is made; SoftGym ids exist on
 
 from gymnasium.envs.registration import register, registry
 
-from vlm_reward_wrappers.envs._mujoco import select_mujoco_gl
+from vlm_reward_wrappers.envs.mujoco_setup import select_mujoco_gl
 from vlm_reward_wrappers.envs.cloth import ClothFlattenEnv, ClothFoldEnv
 from vlm_reward_wrappers.envs.metaworld import RLVLMF_CAMERAS, MetaWorldEnv, make_metaworld_env
 from vlm_reward_wrappers.envs.rope import RopeStraightenEnv

@@ -6,7 +6,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from vlm_reward_wrappers.envs._pick_place import PickAndPlaceEnv
+from vlm_reward_wrappers.envs.pick_place import PickAndPlaceEnv
 
 
 class ClothEnv(PickAndPlaceEnv):
@@ -25,7 +25,7 @@ class ClothEnv(PickAndPlaceEnv):
     :param grid_size: vertices per side (9 to 15 keep it fast: the simulation cost grows with its square).
     :param max_rotation: the initial cloth is turned by a uniform angle in +-max_rotation (radians).
     :param max_shift: and shifted by a uniform offset in +-max_shift (m) along x and y.
-    :param kwargs: :class:`PickAndPlaceEnv`'s (render_mode, image_size, camera).
+    :param kwargs: :class:`PickAndPlaceEnv`'s (render_mode, render_size, camera).
     """
 
     #: Side (m) of the square cloth.
@@ -110,7 +110,7 @@ class ClothFoldEnv(ClothEnv):
 
     :param multi_step: pick-and-place anywhere instead of placing the held corner.
     :param success_threshold: normalized performance that counts as folded.
-    :param kwargs: :class:`ClothEnv`'s (grid_size, max_rotation, max_shift, render_mode, image_size, camera).
+    :param kwargs: :class:`ClothEnv`'s (grid_size, max_rotation, max_shift, render_mode, render_size, camera).
     """
 
     def __init__(self, multi_step: bool = False, success_threshold: float = 0.8, **kwargs: Any) -> None:
@@ -173,7 +173,7 @@ class ClothFlattenEnv(ClothEnv):
 
     :param crumple_moves: random pick-and-places that crumple the cloth at reset.
     :param success_fraction: covered fraction of the flat area that counts as flat.
-    :param kwargs: :class:`ClothEnv`'s (grid_size, max_rotation, max_shift, render_mode, image_size, camera).
+    :param kwargs: :class:`ClothEnv`'s (grid_size, max_rotation, max_shift, render_mode, render_size, camera).
     """
 
     #: Half side (m) of the square around the centre where crumpling moves put the picked vertex.

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import gymnasium as gym
 import numpy as np
 
-from vlm_reward_wrappers.envs._mujoco import (
+from vlm_reward_wrappers.envs.mujoco_setup import (
     CameraSpec,
     image_shape,
     import_mujoco,
@@ -86,7 +86,7 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
 
     :param task: MetaWorld task name, with or without "-v3".
     :param render_mode: None or "rgb_array".
-    :param image_size: frame side in pixels, or (height, width); RL-VLM-F used 300.
+    :param render_size: frame side in pixels, or (height, width); RL-VLM-F used 300.
     :param camera: None for RL-VLM-F's camera of ``task`` (see :func:`rlvlmf_camera`), the name of a
         MetaWorld camera ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper",
         "gripperPOV"), or a free-camera pose dict with keys lookat, distance, azimuth, elevation.
@@ -102,7 +102,7 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         task: str,
         render_mode: Optional[str] = None,
-        image_size: Union[int, Tuple[int, int]] = 300,
+        render_size: Union[int, Tuple[int, int]] = 300,
         camera: Optional[CameraSpec] = None,
         hide_robot: bool = True,
         seed: Optional[int] = None,
@@ -120,7 +120,7 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
         mujoco = import_mujoco()
         self.task = metaworld_task_name(task)
         self.render_mode = render_mode
-        self.height, self.width = image_shape(image_size)
+        self.height, self.width = image_shape(render_size)
         # MetaWorld's own observation bounds are wrong before the first task is set (see below), so its
         # env checker would warn on every reset; this env is checked as a whole instead.
         self.metaworld_env = gym.make(
@@ -192,15 +192,15 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
 
 def make_metaworld_env(
     task: str,
-    image_size: Union[int, Tuple[int, int]] = 300,
+    render_size: Union[int, Tuple[int, int]] = 300,
     camera: Optional[CameraSpec] = None,
     render_mode: Optional[str] = "rgb_array",
     **kwargs: Any,
 ) -> MetaWorldEnv:
     """A rendered MetaWorld task, framed as in RL-VLM-F: :class:`MetaWorldEnv` with frames on by default.
 
-    ``make_metaworld_env("drawer-open", image_size=224)`` is the same env as
-    ``gym.make("vlmrw/MetaWorld-drawer-open-v0", render_mode="rgb_array", image_size=224)`` without
+    ``make_metaworld_env("drawer-open", render_size=224)`` is the same env as
+    ``gym.make("vlmrw/MetaWorld-drawer-open-v0", render_mode="rgb_array", render_size=224)`` without
     Gymnasium's wrappers; ``kwargs`` are :class:`MetaWorldEnv`'s (``hide_robot``, ``seed``, MT1's).
     """
-    return MetaWorldEnv(task, render_mode=render_mode, image_size=image_size, camera=camera, **kwargs)
+    return MetaWorldEnv(task, render_mode=render_mode, render_size=render_size, camera=camera, **kwargs)

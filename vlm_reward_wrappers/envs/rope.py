@@ -6,7 +6,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from vlm_reward_wrappers.envs._pick_place import PickAndPlaceEnv
+from vlm_reward_wrappers.envs.pick_place import PickAndPlaceEnv
 
 
 class RopeStraightenEnv(PickAndPlaceEnv):
@@ -26,7 +26,7 @@ class RopeStraightenEnv(PickAndPlaceEnv):
 
     :param segments: capsules in the rope.
     :param max_end_ratio: initial shapes are drawn until the ends are closer than this fraction of the length.
-    :param kwargs: :class:`PickAndPlaceEnv`'s (render_mode, image_size, camera).
+    :param kwargs: :class:`PickAndPlaceEnv`'s (render_mode, render_size, camera).
     """
 
     #: Rope length (m) and radius (m).

@@ -12,7 +12,7 @@ from typing import Iterator
 import gymnasium as gym
 import numpy as np
 
-from vlm_reward_wrappers.envs._pick_place import PickAndPlaceEnv
+from vlm_reward_wrappers.envs.pick_place import PickAndPlaceEnv
 from vlm_reward_wrappers.envs.cloth import ClothFlattenEnv, ClothFoldEnv
 from vlm_reward_wrappers.envs.rope import RopeStraightenEnv
 

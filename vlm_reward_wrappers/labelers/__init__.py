@@ -1,6 +1,7 @@
-"""Labelers: backends that answer which of two frames is closer to the goal.
+"""Labelers: protocols (pairwise preference, window scores) over backends (llama.cpp, servers), CLIP, and
+simulated teachers.
 
-The VLM and CLIP backends are imported on first use, so ``import vlm_reward_wrappers`` never loads
+The VLM and CLIP modules are imported on first use, so ``import vlm_reward_wrappers`` never loads
 llama-cpp-python, open_clip or torchvision.
 """
 
@@ -9,20 +10,37 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vlm_reward_wrappers.labelers.base import FIRST, NO_PREFERENCE, SECOND, Answer, Labeler, Query
-from vlm_reward_wrappers.labelers.oracle import OracleLabeler
+from vlm_reward_wrappers.labelers.base import (
+    FIRST,
+    NO_PREFERENCE,
+    SECOND,
+    Answer,
+    BaseLabeler,
+    InvalidAnswerError,
+    Labeler,
+    LabelerError,
+    LabelerRefusedError,
+    LabelerUnavailableError,
+    Query,
+)
+from vlm_reward_wrappers.labelers.oracle import OracleLabeler, OracleScoreLabeler
+from vlm_reward_wrappers.labelers.preference import ChatPreferenceLabeler, LlamaCppLabeler, OpenAICompatibleLabeler
+from vlm_reward_wrappers.labelers.scores import ChatScoreLabeler, ScoreLabeler, Window, WindowScores
 
 #: Public names of the optional backends and the module that defines each.
 _LAZY = {
-    "ChatLabeler": "chat",
-    "LlamaCppLabeler": "llama_cpp",
-    "OpenAICompatibleLabeler": "openai_api",
+    "LlamaCppBackend": "backends.llama_cpp",
+    "OpenAICompatibleBackend": "backends.openai_api",
     "CLIPEmbedder": "clip",
     "CLIPLabeler": "clip",
-    "CLIPRewardWrapper": "clip",
 }
 
-__all__ = ["FIRST", "NO_PREFERENCE", "SECOND", "Answer", "Labeler", "OracleLabeler", "Query", *_LAZY]
+__all__ = [
+    "FIRST", "NO_PREFERENCE", "SECOND", "Answer", "BaseLabeler", "ChatPreferenceLabeler", "ChatScoreLabeler",
+    "InvalidAnswerError", "Labeler", "LabelerError", "LabelerRefusedError", "LabelerUnavailableError",
+    "LlamaCppLabeler", "OpenAICompatibleLabeler", "OracleLabeler", "OracleScoreLabeler", "Query", "ScoreLabeler",
+    "Window", "WindowScores", *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,20 +1,43 @@
-"""The labeler interface: a labeler compares two frames against a goal and knows nothing of RL."""
+"""The labeler protocols and their errors. A labeler compares frames against a goal and knows nothing of RL.
+
+Two protocols share one base, :class:`BaseLabeler`: :class:`Labeler` answers which of two frames is
+closer to the goal (RL-VLM-F), :class:`~vlm_reward_wrappers.labelers.scores.ScoreLabeler` scores the
+transitions of a window of frames (RG-VLM). The labelling service
+(:mod:`vlm_reward_wrappers.labelling`) calls either through :meth:`BaseLabeler.answer`.
+"""
 
 from __future__ import annotations
 
 import abc
-import logging
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
+from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND, check_frame
 
-#: Preference values. ``NO_PREFERENCE`` answers are stored but never trained on.
-FIRST, SECOND, NO_PREFERENCE = 0, 1, -1
+
+class LabelerError(RuntimeError):
+    """A labeler could not answer."""
+
+
+class LabelerUnavailableError(LabelerError, ConnectionError):
+    """The labeler's backend could not be reached, timed out or was overloaded: worth retrying."""
+
+
+class LabelerRefusedError(LabelerError):
+    """The backend refused the request (a wrong model name, a bad key): retrying cannot help."""
+
+
+class InvalidAnswerError(LabelerError, ValueError):
+    """A labeler returned something that is not a valid answer: a bug in the labeler, never retried."""
+
+
+def check_goal(goal: str) -> str:
+    """The goal, or a ValueError saying what a goal is."""
+    if not isinstance(goal, str) or not goal.strip():
+        raise ValueError(f"goal must describe the task in words, e.g. 'the pole is upright on the cart'; got {goal!r}")
+    return goal
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,22 @@ class Query:
     gt_reward_a: float = float("nan")
     gt_reward_b: float = float("nan")
 
+    @classmethod
+    def coerce(cls, item: Any) -> "Query":
+        """A :class:`Query` from a Query or a pair ``(frame_a, frame_b)`` of frames, checked."""
+        if isinstance(item, Query):
+            query = item
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            query = cls(*item)
+        else:
+            raise TypeError(
+                f"a query is a Query(frame_a, frame_b) or a pair (frame_a, frame_b) of (H, W, 3) uint8 frames; "
+                f"got {type(item).__name__}"
+            )
+        check_frame(query.frame_a, "frame_a")
+        check_frame(query.frame_b, "frame_b")
+        return query
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -47,19 +86,37 @@ class Answer:
     raw: str = ""
 
     def __post_init__(self) -> None:
-        if self.preference not in (FIRST, SECOND, NO_PREFERENCE):
-            raise ValueError(f"preference must be 0, 1 or -1, got {self.preference!r}")
+        if self.preference not in (FIRST, SECOND, NO_PREFERENCE) or isinstance(self.preference, bool):
+            raise InvalidAnswerError(f"preference must be 0, 1 or -1, got {self.preference!r}")
+        if self.soft is not None and not 0.0 <= self.soft <= 1.0:
+            raise InvalidAnswerError(f"soft must be a probability in [0, 1], got {self.soft!r}")
 
 
-class Labeler(abc.ABC):
-    """Answers which of two frames is closer to a goal.
+def check_answers(answers: Any, expected: int, answer_type: type, labeler_id: str) -> List[Any]:
+    """``answers`` if it is a list of ``expected`` ``answer_type`` objects, else an InvalidAnswerError."""
+    if not isinstance(answers, (list, tuple)) or len(answers) != expected:
+        got = f"{len(answers)} answers" if isinstance(answers, (list, tuple)) else type(answers).__name__
+        raise InvalidAnswerError(f"{labeler_id} returned {got} for {expected} requests: a bug in the labeler")
+    wrong = [type(answer).__name__ for answer in answers if not isinstance(answer, answer_type)]
+    if wrong:
+        raise InvalidAnswerError(
+            f"{labeler_id} returned {wrong[0]} where a {answer_type.__name__} was due: a bug in the labeler"
+        )
+    return list(answers)
 
-    Subclasses implement :meth:`label`. It may raise: the learner retries the batch and, after its
-    retries, drops it and counts the failure; training goes on either way.
+
+class BaseLabeler(abc.ABC):
+    """What the labelling service needs of any labeler, whatever its protocol.
+
+    A labeler may raise: :class:`LabelerUnavailableError` (and any other error) is retried by the
+    labelling service; :class:`LabelerRefusedError` and :class:`InvalidAnswerError` are not. Either
+    way the requests are dropped and counted after that, and training goes on.
     """
 
-    #: Queries handed to one :meth:`label` call. Backends that parallelise take more.
+    #: Requests handed to one call. Labelers that answer many at once (the oracle, CLIP) take more.
     batch_size: int = 1
+    #: Calls the labelling service may run at once (a server's parallel slots; 1 for an in-process model).
+    max_concurrency: int = 1
     #: Changes whenever the prompt changes, so stored answers to an older prompt are not reused.
     prompt_version: str = "none"
 
@@ -69,49 +126,46 @@ class Labeler(abc.ABC):
         return type(self).__name__
 
     @abc.abstractmethod
-    def label(self, queries: Sequence[Query], goal: str) -> List[Answer]:
-        """Return one :class:`Answer` per query, in order."""
+    def answer(self, requests: Sequence[Any], goal: str) -> List[Any]:
+        """One answer per request, in order (the protocol's own method under a common name)."""
 
     def close(self) -> None:
         """Release models, sessions or processes held by the labeler."""
 
 
-def check_goal(goal: str) -> str:
-    """The goal, or a ValueError saying what a goal is."""
-    if not goal or not goal.strip():
-        raise ValueError("goal must describe the task in words, e.g. 'the pole is upright on the cart'")
-    return goal
+class Labeler(BaseLabeler):
+    """Answers which of two frames is closer to a goal (RL-VLM-F's pairwise preference).
 
-
-def call_with_retries(
-    call: Callable[[], List[T]],
-    expected: int,
-    labeler_id: str,
-    max_retries: int,
-    retry_backoff_s: float,
-    counts: Dict[str, int],
-) -> Tuple[List[T], float]:
-    """Call a labeler until it returns ``expected`` answers, retrying with exponential backoff.
-
-    Every attempt adds ``expected`` to ``counts["sent"]`` and every failure 1 to
-    ``counts["failed_calls"]``; after ``max_retries`` retries the last error is raised, for the caller
-    to drop the work or stop.
-
-    :return: the answers and the seconds the successful attempt took.
+    Subclasses implement :meth:`compare`; callers use :meth:`label`, which checks the queries and the
+    answers.
     """
-    for attempt in range(max_retries + 1):
-        counts["sent"] += expected
-        started = time.perf_counter()
-        try:
-            answers = call()
-            if len(answers) != expected:
-                raise RuntimeError(f"{labeler_id} returned {len(answers)} answers for {expected} items")
-            return answers, time.perf_counter() - started
-        except Exception as error:
-            counts["failed_calls"] += 1
-            logger.warning("labeler %s failed on %d items (attempt %d of %d): %r",
-                           labeler_id, expected, attempt + 1, max_retries + 1, error)
-            if attempt == max_retries:
-                raise
-            time.sleep(retry_backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+
+    def label(self, queries: Sequence[Any], goal: str) -> List[Answer]:
+        """One :class:`Answer` per query, in order.
+
+        :param queries: :class:`Query` objects, or pairs ``(frame_a, frame_b)`` of (H, W, 3) uint8 frames.
+        :param goal: the task in words.
+        """
+        queries = [Query.coerce(item) for item in queries]
+        return check_answers(self.compare(queries, check_goal(goal)), len(queries), Answer, self.labeler_id)
+
+    def answer(self, requests: Sequence[Any], goal: str) -> List[Answer]:
+        return self.label(requests, goal)
+
+    @abc.abstractmethod
+    def compare(self, queries: Sequence[Query], goal: str) -> List[Answer]:
+        """Return one :class:`Answer` per query, in order."""
+
+
+def check_labeler(labeler: Any, protocol: type = Labeler) -> BaseLabeler:
+    """``labeler`` if it implements ``protocol``, else a TypeError saying what to pass."""
+    if not isinstance(labeler, protocol):
+        hint = (
+            " (a model name is not a labeler: for a served model pass "
+            f"OpenAICompatibleLabeler(base_url, {labeler!r}))" if isinstance(labeler, str) else ""
+        )
+        raise TypeError(
+            f"labeler must be a {protocol.__name__}, e.g. OracleLabeler(), LlamaCppLabeler(model_path, "
+            f"mmproj_path) or OpenAICompatibleLabeler(base_url, model); got {type(labeler).__name__}{hint}"
+        )
+    return labeler

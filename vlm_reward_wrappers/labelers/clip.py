@@ -1,9 +1,8 @@
-"""CLIP baselines (open-clip-torch, the ``[clip]`` extra): a preference labeler and a direct reward.
+"""CLIP baselines (open-clip-torch, the ``[clip]`` extra): embeddings and a preference labeler.
 
 - :class:`CLIPLabeler` prefers the frame whose CLIP embedding is closer (cosine) to the goal's.
-- :class:`CLIPRewardWrapper` skips preferences: every step's reward is the frame's CLIP score, or
-  VLM-RM's baseline-regularised score (Rocamonde et al., ICLR 2024), the baseline users compare
-  RL-VLM-F against.
+- :class:`CLIPEmbedder` also serves :class:`~vlm_reward_wrappers.wrappers.CLIPRewardWrapper`, VLM-RM's
+  per-step CLIP reward.
 """
 
 from __future__ import annotations
@@ -11,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import gymnasium as gym
 import numpy as np
 import torch
 from PIL import Image
 
-from vlm_reward_wrappers.labelers.base import FIRST, NO_PREFERENCE, SECOND, Answer, Labeler, Query
+from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query
 from vlm_reward_wrappers.labelers.torchvision_compat import import_torchvision
-from vlm_reward_wrappers.wrappers import _check_render_mode
+from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
 
 
 def _import_open_clip():
@@ -36,8 +34,9 @@ class CLIPEmbedder:
     :param model_name: an open_clip architecture ("ViT-B-32", "ViT-L-14", ...; ``open_clip.list_models()``).
     :param checkpoint_path: a local checkpoint file with the weights (state dict), the way to load
         weights offline.
-    :param pretrained: an open_clip weight tag ("openai", "laion2b_s34b_b79k", ...); downloads, so it
-        works only where the model hub is reachable. With neither, the weights are random (tests).
+    :param pretrained: an open_clip weight tag ("openai", "laion2b_s34b_b79k", ...), which downloads and
+        so works only where the model hub is reachable; or "random" for untrained weights (tests only).
+        Exactly one of ``checkpoint_path`` and ``pretrained`` must be given.
     :param device: torch device of the model.
     :param image_resize_mode: how frames are fitted to the model's input: "squash" (default) keeps
         the whole frame, where open_clip's usual "shortest" crops the sides of wide frames away.
@@ -56,8 +55,13 @@ class CLIPEmbedder:
         batch_size: int = 64,
         **clip_kwargs: Any,
     ) -> None:
-        if checkpoint_path is not None and pretrained is not None:
-            raise ValueError("give checkpoint_path (a local file) or pretrained (a hub tag), not both")
+        if (checkpoint_path is None) == (pretrained is None):
+            raise ValueError(
+                f"give exactly one of checkpoint_path= (a local weights file, the way to load offline) and "
+                f"pretrained= (an open_clip tag such as 'openai', downloaded from the hub; or 'random' for untrained "
+                f"weights, which give meaningless rewards); got checkpoint_path={checkpoint_path!r}, "
+                f"pretrained={pretrained!r}"
+            )
         if checkpoint_path is not None and not Path(checkpoint_path).is_file():
             raise FileNotFoundError(
                 f"CLIP checkpoint {str(checkpoint_path)!r} does not exist: save one where the hub is reachable, e.g. "
@@ -65,16 +69,16 @@ class CLIPEmbedder:
             )
         open_clip = _import_open_clip()
         self.model_name = model_name
-        self.weights = Path(checkpoint_path).name if checkpoint_path is not None else (pretrained or "random")
+        self.weights = Path(checkpoint_path).name if checkpoint_path is not None else pretrained
         self.device = torch.device(device)
         self.batch_size = batch_size
-        source = str(checkpoint_path) if checkpoint_path is not None else pretrained
+        source = str(checkpoint_path) if checkpoint_path is not None else (None if pretrained == "random" else pretrained)
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=source, device=self.device, image_resize_mode=image_resize_mode, **clip_kwargs
             )
         except (OSError, RuntimeError) as error:
-            if pretrained is None:
+            if pretrained in (None, "random"):
                 raise
             raise RuntimeError(
                 f"could not load the {pretrained!r} weights of {model_name} (is the model hub reachable?); "
@@ -109,7 +113,7 @@ class CLIPEmbedder:
         return (embeddings / embeddings.norm(dim=-1, keepdim=True)).cpu().numpy()
 
 
-def _embedder(model_name: Union[str, CLIPEmbedder], clip_kwargs: Dict[str, Any]) -> CLIPEmbedder:
+def make_embedder(model_name: Union[str, CLIPEmbedder], clip_kwargs: Dict[str, Any]) -> CLIPEmbedder:
     """The embedder given, or one built from an architecture name and :class:`CLIPEmbedder` arguments."""
     if isinstance(model_name, CLIPEmbedder):
         if clip_kwargs:
@@ -136,7 +140,7 @@ class CLIPLabeler(Labeler):
     def __init__(
         self, model_name: Union[str, CLIPEmbedder] = "ViT-B-32", margin: float = 0.0, **clip_kwargs: Any
     ) -> None:
-        self.embedder = _embedder(model_name, clip_kwargs)
+        self.embedder = make_embedder(model_name, clip_kwargs)
         self.margin = margin
         self._goal_embeddings: Dict[str, np.ndarray] = {}
 
@@ -144,7 +148,7 @@ class CLIPLabeler(Labeler):
     def labeler_id(self) -> str:
         return f"CLIPLabeler({self.embedder.model_name}, weights={self.embedder.weights}, margin={self.margin})"
 
-    def label(self, queries: Sequence[Query], goal: str) -> List[Answer]:
+    def compare(self, queries: Sequence[Query], goal: str) -> List[Answer]:
         if goal not in self._goal_embeddings:
             self._goal_embeddings[goal] = self.embedder.embed_texts([goal])[0]
         frames = [q.frame_a for q in queries] + [q.frame_b for q in queries]
@@ -157,63 +161,3 @@ class CLIPLabeler(Labeler):
             soft = 1.0 / (1.0 + np.exp(-self.embedder.logit_scale * difference))
             answers.append(Answer(preference, soft=float(soft), raw=f"similarity 1: {a:.5f}, similarity 2: {b:.5f}"))
         return answers
-
-
-class CLIPRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Replaces the env's reward with a CLIP score of each rendered frame; no preferences, no training.
-
-    Without ``baseline`` the reward is the cosine similarity of frame and goal embeddings. With a
-    baseline text (what the scene looks like without the goal, e.g. "a pole on a cart"), it is
-    VLM-RM's baseline-regularised score on unit embeddings x (frame) and g (goal)::
-
-        reward = 1 - 0.5 * ||(x - g) P||^2,   P = alpha d d^T / ||d||^2 + (1 - alpha) I,   d = g - b
-
-    which projects out directions the goal and baseline texts do not differ in (alpha = 0 gives back
-    the cosine similarity). The env's reward goes to ``info["gt_reward"]``.
-
-    :param env: an env created with ``render_mode="rgb_array"``.
-    :param goal: the task in words.
-    :param baseline: the baseline text b, or None for the plain CLIP score.
-    :param alpha: strength of the baseline regularisation in [0, 1].
-    :param model_name: an open_clip architecture, or a :class:`CLIPEmbedder` to share.
-    :param clip_kwargs: the :class:`CLIPEmbedder`'s other arguments (``checkpoint_path``, ...).
-    """
-
-    def __init__(
-        self,
-        env: gym.Env,
-        goal: str,
-        baseline: Optional[str] = None,
-        alpha: float = 0.5,
-        model_name: Union[str, CLIPEmbedder] = "ViT-B-32",
-        **clip_kwargs: Any,
-    ) -> None:
-        _check_render_mode(env.render_mode, "CLIPRewardWrapper")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        # Not deep-copied: an embedder holds a model.
-        gym.utils.RecordConstructorArgs.__init__(
-            self, _disable_deepcopy=True, goal=goal, baseline=baseline, alpha=alpha, model_name=model_name,
-            **clip_kwargs,
-        )
-        gym.Wrapper.__init__(self, env)
-        self.embedder = _embedder(model_name, clip_kwargs)
-        self.goal_embedding = self.embedder.embed_texts([goal])[0]
-        dim = len(self.goal_embedding)
-        #: (D, D) projection P; the identity without a baseline.
-        self.projection = np.eye(dim, dtype=np.float32)
-        if baseline is not None:
-            direction = self.goal_embedding - self.embedder.embed_texts([baseline])[0]
-            self.projection = (
-                alpha * np.outer(direction, direction) / float(direction @ direction) + (1.0 - alpha) * self.projection
-            ).astype(np.float32)
-
-    def clip_reward(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> np.ndarray:
-        """(N, H, W, 3) uint8 frames -> (N,) float32 rewards (the formula in the class docstring)."""
-        offset = (self.embedder.embed_frames(frames) - self.goal_embedding) @ self.projection
-        return (1.0 - 0.5 * np.sum(offset**2, axis=-1)).astype(np.float32)
-
-    def step(self, action):
-        obs, gt_reward, terminated, truncated, info = self.env.step(action)
-        info["gt_reward"] = gt_reward
-        return obs, float(self.clip_reward([self.env.render()])[0]), terminated, truncated, info

@@ -13,18 +13,13 @@ the "captioned" layout sends each image in its own user message, its caption rig
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-from vlm_reward_wrappers.labelers.base import FIRST, NO_PREFERENCE, SECOND
-
-#: Layouts of the two images and their captions in a chat request (see the module docstring).
-LAYOUTS = ("interleaved", "captioned")
+from vlm_reward_wrappers.labelers.backends.base import LAYOUTS
+from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
 
 #: Stored with every answer; bump on any change to the wording below, so older answers are not reused.
 TWO_STAGE_VERSION = "rlvlmf-two-stage-v1"
@@ -78,7 +73,7 @@ def prompt_version(two_stage: bool) -> str:
 def image_messages(image_urls: Sequence[str], question: str, layout: str = "interleaved") -> List[Dict]:
     """OpenAI-style chat messages showing the images, each captioned "Image k", then the question.
 
-    :param image_urls: one URL per image (``data:`` URIs from :func:`frame_to_data_uri`), in order.
+    :param image_urls: one URL per image (``data:`` URIs from a backend's ``image_url``), in order.
     :param question: the text that follows the images.
     :param layout: "interleaved" (one message, captions before their images) or "captioned" (one
         message per image, caption right after it) for templates that put images before text.
@@ -109,21 +104,9 @@ def text_messages(question: str) -> List[Dict]:
     return [{"role": "user", "content": question}]
 
 
-def frame_to_data_uri(frame: np.ndarray, image_size: Optional[int] = None) -> str:
-    """A ``data:image/png;base64,...`` URI of a frame, the image format every backend accepts.
-
-    :param frame: (H, W, 3) uint8 rgb frame.
-    :param image_size: if given, the frame is resized (aspect kept) so its longer side is this many
-        pixels: larger helps VLMs read small frames, smaller caps the image tokens of tiling encoders.
-    """
-    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
-    if image_size is not None and max(image.size) != image_size:
-        scale = image_size / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def raw_text(analysis: str, answer: str) -> str:
+    """What the label store keeps of a query: stage 1's analysis, if any, then the answer line."""
+    return f"{analysis}\n[answer] {answer}" if analysis else answer
 
 
 # ---------------------------------------------------------------------------------------- parsing

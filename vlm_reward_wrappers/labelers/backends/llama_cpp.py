@@ -1,16 +1,15 @@
-"""LlamaCppLabeler: a local GGUF vision-language model through llama-cpp-python (``[llama]`` extra)."""
+"""LlamaCppBackend: a local GGUF vision-language model through llama-cpp-python (``[llama]`` extra)."""
 
 from __future__ import annotations
 
 import ctypes
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vlm_reward_wrappers.labelers.base import FIRST, NO_PREFERENCE, SECOND, Answer, Query
-from vlm_reward_wrappers.labelers.chat import ChatLabeler, raw_text
+from vlm_reward_wrappers.labelers.backends.base import ChatBackend
 
 #: Chat handlers by the names llama-cpp-python's server gives them (``--chat_format``). "mtmd" uses
 #: the chat template stored in the model file (SmolVLM, Gemma 3, Qwen2.5-VL and most recent VLMs).
@@ -33,9 +32,6 @@ _DOWNLOAD_HINT = (
     "or Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf and its mmproj from huggingface.co/ggml-org/Qwen2.5-VL-3B-Instruct-GGUF"
 )
 
-#: The answers whose probabilities make a soft label.
-_ANSWERS = {"0": FIRST, "1": SECOND, "-1": NO_PREFERENCE}
-
 
 def _import_llama_cpp():
     try:
@@ -44,7 +40,7 @@ def _import_llama_cpp():
         import llama_cpp.mtmd_cpp  # noqa: F401
     except ImportError as error:
         raise ImportError(
-            "LlamaCppLabeler needs llama-cpp-python: pip install 'vlm-reward-wrappers[llama]' "
+            "LlamaCppBackend needs llama-cpp-python: pip install 'vlm-reward-wrappers[llama]' "
             "(it builds llama.cpp from source; CMAKE_ARGS='-DGGML_CUDA=on' for a GPU build)"
         ) from error
     return llama_cpp
@@ -84,12 +80,12 @@ def _logsumexp(values: np.ndarray) -> float:
     return peak + float(np.log(np.exp(values - peak).sum()))
 
 
-class LlamaCppLabeler(ChatLabeler):
-    """RL-VLM-F's preference query to a local GGUF VLM, through ``llama_cpp.Llama`` and a chat handler.
+class LlamaCppBackend(ChatBackend):
+    """A local GGUF VLM through ``llama_cpp.Llama`` and a multimodal chat handler.
 
-    One model runs one query at a time (``batch_size`` 1) and re-encodes both images on each call,
-    so a query takes seconds to minutes on a CPU (see the README); run more in parallel with a
-    server and :class:`~vlm_reward_wrappers.labelers.openai_api.OpenAICompatibleLabeler`.
+    One model runs one request at a time (``max_concurrency`` 1) and re-encodes every image on each
+    call, so a two-image query takes seconds to minutes on a CPU (see the README); run several in
+    parallel behind a server and :class:`~vlm_reward_wrappers.labelers.backends.OpenAICompatibleBackend`.
 
     :param model_path: the language model's GGUF file.
     :param mmproj_path: its vision projector's GGUF file ("mmproj-...gguf").
@@ -97,22 +93,17 @@ class LlamaCppLabeler(ChatLabeler):
         or a name from :data:`CHAT_HANDLERS`. All but "mtmd" and "gemma4" are the LLaVA-1.5 family,
         whose templates put a message's images before its text: they get the "captioned" layout,
         so each "Image k" stays beside its image.
-    :param n_ctx: context length in tokens; both images' tokens and the analysis must fit.
+    :param n_ctx: context length in tokens; all images' tokens and the analysis must fit.
     :param n_threads: CPU threads for generation (None: half the cores).
     :param n_threads_batch: CPU threads for prompt and image evaluation (None: all cores).
     :param n_gpu_layers: layers offloaded to a GPU build of llama.cpp (-1: all).
-    :param image_size: longer side in pixels of the images sent. Encoders that tile large images
+    :param query_image_size: longer side in pixels of the images sent. Encoders that tile large images
         (SmolVLM) spend their image tokens by size, so this caps them: 512 gives SmolVLM 64 tokens.
-    :param two_stage: RL-VLM-F's analysis-then-answer query (True) or the answer alone.
-    :param soft_labels: answer from the first answer token's probabilities: the preference is the
-        likeliest of 0 / 1 / -1 and ``Answer.soft`` is P(1) / (P(0) + P(1)).
-    :param max_analysis_tokens: token limit of the stage-1 analysis.
-    :param max_answer_tokens: token limit of the answer line (1 with ``soft_labels``).
     :param verbose: llama.cpp's and libmtmd's own logs.
     :param llama_kwargs: further ``llama_cpp.Llama`` arguments (``flash_attn``, ``n_batch``, ...).
     """
 
-    batch_size = 1
+    max_concurrency = 1
 
     def __init__(
         self,
@@ -123,11 +114,7 @@ class LlamaCppLabeler(ChatLabeler):
         n_threads: Optional[int] = None,
         n_threads_batch: Optional[int] = None,
         n_gpu_layers: int = 0,
-        image_size: Optional[int] = None,
-        two_stage: bool = True,
-        soft_labels: bool = False,
-        max_analysis_tokens: int = 256,
-        max_answer_tokens: int = 16,
+        query_image_size: Optional[int] = None,
         verbose: bool = False,
         **llama_kwargs: Any,
     ) -> None:
@@ -149,66 +136,58 @@ class LlamaCppLabeler(ChatLabeler):
         self.llama.chat_handler = self.chat_handler
         # The LLaVA-1.5 family's templates put all images of a message before its text.
         in_order = isinstance(self.chat_handler, llama_cpp.llama_chat_format.MTMDChatHandler)
-        super().__init__(
-            two_stage=two_stage, layout="interleaved" if in_order else "captioned", image_size=image_size,
-            max_analysis_tokens=max_analysis_tokens, max_answer_tokens=1 if soft_labels else max_answer_tokens,
-        )
-        self.soft_labels = soft_labels
-        self._answer_tokens = self._answer_token_ids() if soft_labels else {}
+        super().__init__("interleaved" if in_order else "captioned", query_image_size)
+        self._choice_tokens: Dict[Tuple[str, ...], Dict[str, np.ndarray]] = {}
         # One llama.cpp context runs one sequence: calls from several threads take turns.
         self._lock = threading.Lock()
 
     @property
-    def labeler_id(self) -> str:
+    def backend_id(self) -> str:
         return (
-            f"LlamaCppLabeler({Path(self.model_path).name}, {Path(self.mmproj_path).name}, "
-            f"handler={self.chat_handler_name}, image_size={self.image_size}, soft_labels={self.soft_labels})"
+            f"LlamaCppBackend({Path(self.model_path).name}, {Path(self.mmproj_path).name}, "
+            f"handler={self.chat_handler_name}, query_image_size={self.query_image_size})"
         )
-
-    def label(self, queries: Sequence[Query], goal: str) -> List[Answer]:
-        with self._lock:
-            return [self.ask(query, goal) for query in queries]
 
     def chat(self, messages: List[Dict], max_tokens: int, logits_processor: Optional[list] = None) -> str:
-        response = self.llama.create_chat_completion(
-            messages=messages, temperature=0.0, max_tokens=max_tokens, logits_processor=logits_processor,
-            # The answer digits appear in the instructions; a repeat penalty would bias against them.
-            repeat_penalty=1.0,
-        )
+        with self._lock:
+            response = self.llama.create_chat_completion(
+                messages=messages, temperature=0.0, max_tokens=max_tokens, logits_processor=logits_processor,
+                # The answer digits appear in the instructions; a repeat penalty would bias against them.
+                repeat_penalty=1.0,
+            )
         return response["choices"][0]["message"]["content"] or ""
 
-    def answer(self, messages: List[Dict], analysis: str) -> Answer:
-        if not self.soft_labels:
-            return super().answer(messages, analysis)
-        recorder = _FirstLogits()
-        text = self.chat(messages, 1, logits_processor=[recorder])
-        logits = recorder.logits
-        mass = {answer: _logsumexp(logits[ids]) for answer, ids in self._answer_tokens.items()}
-        log_z = _logsumexp(np.array(list(mass.values())))
-        probs = {answer: float(np.exp(value - log_z)) for answer, value in mass.items()}
-        best = max(probs, key=probs.get)
-        soft = probs["1"] / (probs["0"] + probs["1"])
-        shown = ", ".join(f"p({answer})={p:.3f}" for answer, p in probs.items())
-        return Answer(_ANSWERS[best], soft=soft, raw=raw_text(analysis, f"{text} ({shown})"))
+    def choice_probabilities(self, messages: List[Dict], choices: Sequence[str]) -> Dict[str, float]:
+        """From the logits of the first generated token: the mass of the tokens that start each choice.
 
-    def _answer_token_ids(self) -> Dict[str, np.ndarray]:
-        """Token ids that can start each answer ("0", " 0", ...), none shared between two answers."""
+        A choice with no token of its own (one that only starts others) is left out.
+        """
+        key = tuple(choices)
+        if key not in self._choice_tokens:
+            self._choice_tokens[key] = self._token_ids(key)
+        recorder = _FirstLogits()
+        self.chat(messages, 1, logits_processor=[recorder])
+        mass = {choice: _logsumexp(recorder.logits[ids]) for choice, ids in self._choice_tokens[key].items()}
+        log_z = _logsumexp(np.array(list(mass.values())))
+        return {choice: float(np.exp(value - log_z)) for choice, value in mass.items()}
+
+    def _token_ids(self, choices: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+        """Token ids that can start each choice ("0", " 0", ...), none shared between two choices."""
         candidates: Dict[str, set] = {}
-        for answer in _ANSWERS:
+        for choice in choices:
             ids = set()
-            for variant in (answer, " " + answer, "\n" + answer):
+            for variant in (choice, " " + choice, "\n" + choice):
                 for token in self.llama.tokenize(variant.encode(), add_bos=False, special=False):
-                    # Skip pieces that are only whitespace (SentencePiece's "▁"): they start every answer.
+                    # Skip pieces that are only whitespace (SentencePiece's "▁"): they start every choice.
                     if self.llama.detokenize([token]).strip():
                         ids.add(token)
                         break
-            candidates[answer] = ids
+            candidates[choice] = ids
         shared = {t for a in candidates for b in candidates if a != b for t in candidates[a] & candidates[b]}
-        ids = {answer: np.array(sorted(tokens - shared), dtype=np.int64) for answer, tokens in candidates.items()}
-        for answer in ("0", "1"):
-            if not len(ids[answer]):
-                raise ValueError(f"soft_labels: the vocabulary has no token of its own for the answer {answer!r}")
-        return {answer: tokens for answer, tokens in ids.items() if len(tokens)}
+        ids = {choice: np.array(sorted(tokens - shared), dtype=np.int64) for choice, tokens in candidates.items()}
+        if sum(1 for tokens in ids.values() if len(tokens)) < 2:
+            raise ValueError(f"the vocabulary has tokens of their own for fewer than two of {list(choices)}")
+        return {choice: tokens for choice, tokens in ids.items() if len(tokens)}
 
     def close(self) -> None:
         with self._lock:

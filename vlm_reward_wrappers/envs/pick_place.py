@@ -9,7 +9,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vlm_reward_wrappers.envs._mujoco import CameraSpec, image_shape, import_mujoco, make_camera, make_renderer
+from vlm_reward_wrappers.envs.mujoco_setup import (
+    CameraSpec,
+    image_shape,
+    import_mujoco,
+    make_camera,
+    make_renderer,
+)
 
 #: Table colour (rgb in [0, 1]): light grey, so the coloured cloth and rope stand out in any channel.
 TABLE_RGB = (0.78, 0.78, 0.75)
@@ -36,7 +42,7 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     true reward.
 
     :param render_mode: None or "rgb_array".
-    :param image_size: rendered frame side in pixels, or (height, width).
+    :param render_size: rendered frame side in pixels, or (height, width).
     :param camera: a camera of the scene ("top": straight down; "angled": from the front at 45 degrees),
         or a free-camera pose dict with keys lookat, distance, azimuth, elevation.
     """
@@ -63,14 +69,14 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     def __init__(
         self,
         render_mode: Optional[str] = None,
-        image_size: Union[int, Tuple[int, int]] = 128,
+        render_size: Union[int, Tuple[int, int]] = 128,
         camera: CameraSpec = "top",
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self._mujoco = import_mujoco()
         self.render_mode = render_mode
-        self.height, self.width = image_shape(image_size)
+        self.height, self.width = image_shape(render_size)
         self.model = self._mujoco.MjModel.from_xml_string(self._scene_xml())
         self.data = self._mujoco.MjData(self.model)
         self._camera = make_camera(self.model, camera)

@@ -1,4 +1,4 @@
-"""Benchmarks against the true reward: task x reward source x algorithm x seed.
+"""Benchmarks against the true reward: task x reward source x algorithm x seed (``benchmarks/run.py``).
 
 Each run trains an SB3 agent on one reward source and evaluates it every ``eval_every`` steps on the
 env's true reward (or success), so learned rewards are judged by what the user wants, not by
@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
+from vlm_reward_wrappers.evaluation import policy_score, random_score
 from vlm_reward_wrappers.labelers.base import Labeler
 
 SIZES = ("smoke", "full")
@@ -154,21 +155,6 @@ class TrueScoreCallback(BaseCallback):
                             self.episodes, self.metric, seed=10_000)
 
 
-def policy_score(act: Callable, env: gym.Env, episodes: int, metric: str, seed: int) -> float:
-    """Mean true return, or success rate, of ``act(obs) -> action`` over ``episodes`` seeded episodes."""
-    scores = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, success, done = 0.0, False, False
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(act(obs))
-            total += float(reward)
-            success = success or bool(info.get("success", False))
-            done = terminated or truncated
-        scores.append(float(success) if metric == "success" else total)
-    return float(np.mean(scores))
-
-
 def run_one(
     task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None
 ) -> dict:
@@ -216,16 +202,6 @@ def run_one(
     return result
 
 
-def random_score(env_id: str, episodes: int, metric: str = "return", seed: int = 10_000) -> float:
-    """Score of uniformly random actions: the floor a learned reward must beat, and the zero of the
-    normalised scores."""
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    score = policy_score(lambda obs: env.action_space.sample(), env, episodes, metric, seed=seed)
-    env.close()
-    return score
-
-
 def normalise(results: List[dict], random: Dict[str, float]) -> None:
     """Add ``final_norm`` and ``auc_norm``: (score - random) / (true-reward run's score - random),
     so 0 is random actions and 1 the agent trained on the true reward (same task and seed).
@@ -240,13 +216,26 @@ def normalise(results: List[dict], random: Dict[str, float]) -> None:
             r[f"{key}_norm"] = (r[key] - random[r["task"]]) / span if span and span > 0 else None
 
 
-def write_report(results: List[dict], random: Dict[str, float], out: Path, machine: str) -> None:
-    """results.jsonl, results.md and one learning-curve PNG per task under ``out``."""
-    import matplotlib
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or an ImportError naming the extra that installs it."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "the benchmark's learning curves need matplotlib: pip install 'vlm-reward-wrappers[plot]'"
+        ) from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_report(results: List[dict], random: Dict[str, float], out: Path, machine: str) -> None:
+    """results.jsonl, results.md and one learning-curve PNG per task under ``out``.
+
+    The curves need matplotlib (the ``plot`` extra); without it the two text files are written and an
+    ImportError names the extra."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w") as f:
         for r in results:
@@ -271,6 +260,7 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         )
     lines += ["", "Random actions: " + ", ".join(f"{t} {s:.2f}" for t, s in random.items())]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    plt = pyplot()
     for task in sorted({r["task"] for r in results}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for r in (r for r in results if r["task"] == task):
@@ -313,6 +303,7 @@ def run_benchmark(
             f"reward sources {unknown} need a labeler: 'vlm' takes --labeler llama (with --model-path, "
             "--mmproj-path) or --labeler openai (with --base-url); 'clip' takes --clip-checkpoint"
         )
+    pyplot()  # a missing matplotlib is reported before the runs, not after them
     jobs = [(t, s, seed) for t in tasks for seed in seeds for s in sources]
     results = []
     for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):

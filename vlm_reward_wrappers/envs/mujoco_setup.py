@@ -121,9 +121,9 @@ def make_camera(model: Any, camera: CameraSpec) -> Any:
     return free
 
 
-def image_shape(image_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+def image_shape(render_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     """(height, width) in pixels from a side or a (height, width) pair."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
+    if isinstance(render_size, int):
+        return render_size, render_size
+    height, width = render_size
     return int(height), int(width)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.callbacks import BaseCallback
 
 from vlm_reward_wrappers.evaluation import policy_score, random_score
 from vlm_reward_wrappers.labelers.base import Labeler
@@ -162,7 +162,7 @@ def run_one(
     import stable_baselines3
     import torch
 
-    from vlm_reward_wrappers import RelabelReplayBufferCallback, VLMRewardWrapper
+    from vlm_reward_wrappers import RelabelingReplayBuffer, VLMRewardWrapper
     from vlm_reward_wrappers.envs import goal_for
 
     torch.set_num_threads(1)
@@ -176,13 +176,13 @@ def run_one(
                                asynchronous=not simulated, **config.learner[size])
     eval_env = gym.make(config.env_id)
     scorer = TrueScoreCallback(eval_env, config.eval_every[size], config.eval_episodes, config.metric)
-    callbacks: List[BaseCallback] = [scorer]
     algo_cls = getattr(stable_baselines3, config.algo)
-    model = algo_cls("MlpPolicy", env, seed=seed, verbose=0, **config.algo_kwargs)
+    algo_kwargs = dict(config.algo_kwargs)
     if learned and config.algo in ("SAC", "TD3", "DQN"):
-        callbacks.insert(0, RelabelReplayBufferCallback(env))
+        algo_kwargs["replay_buffer_class"] = RelabelingReplayBuffer
+    model = algo_cls("MlpPolicy", env, seed=seed, verbose=0, **algo_kwargs)
     started = time.perf_counter()
-    model.learn(config.steps[size], callback=CallbackList(callbacks))
+    model.learn(config.steps[size], callback=scorer)
     wall_s = time.perf_counter() - started
     result = {
         "task": task, "env_id": config.env_id, "source": source, "algo": config.algo, "seed": seed, "size": size,

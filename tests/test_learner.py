@@ -40,7 +40,7 @@ class FailingLabeler(Labeler):
 def _learner(labeler, **kwargs):
     settings = dict(seed_steps=20, query_every=20, pairs_per_query=8, retry=RetryPolicy(backoff_s=0.0), seed=0)
     settings.update(kwargs)
-    return PreferenceLearner(GOAL, labeler, RewardModel("frame", (64, 64, 3), seed=0), **settings)
+    return PreferenceLearner(GOAL, labeler, reward_model=RewardModel("frame", (64, 64, 3), seed=0), **settings)
 
 
 def _feed(learner, frames, rewards):
@@ -71,7 +71,7 @@ class BlockedLabeler(Labeler):
 
 def test_slow_labeler_never_blocks_a_step(frames):
     labeler = BlockedLabeler()
-    learner = PreferenceLearner(GOAL, labeler, RewardModel("frame", (64, 64, 3), seed=0), seed_steps=20,
+    learner = PreferenceLearner(GOAL, labeler, reward_model=RewardModel("frame", (64, 64, 3), seed=0), seed_steps=20,
                                 query_every=10, pairs_per_query=8, seed=0)
     frames_, rewards = frames
     for t in range(len(frames_)):

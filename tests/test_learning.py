@@ -12,7 +12,7 @@ from vlm_reward_wrappers import (
     OracleLabeler,
     PreferenceDataset,
     Query,
-    RelabelReplayBufferCallback,
+    RelabelingReplayBuffer,
     RewardModel,
     VLMRewardWrapper,
 )
@@ -42,8 +42,8 @@ def test_sac_on_the_learned_frame_reward_balances_the_pole():
         gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=OracleLabeler(), seed=0,
         seed_steps=500, query_every=1000, pairs_per_query=50, epochs_per_update=20, asynchronous=False,
     )
-    model = SAC("MlpPolicy", env, learning_starts=500, seed=0)
-    model.learn(5000, callback=RelabelReplayBufferCallback(env))
+    model = SAC("MlpPolicy", env, learning_starts=500, seed=0, replay_buffer_class=RelabelingReplayBuffer)
+    model.learn(5000)
     metrics = env.learner.metrics
     env.close()
     trained, _ = evaluate_policy(model, gym.make("vlmrw/CartPoleAngle-v0"), n_eval_episodes=5)

@@ -1,10 +1,10 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from stable_baselines3 import PPO, SAC
+from stable_baselines3 import SAC
 
 from conftest import GOAL
-from vlm_reward_wrappers import OracleLabeler, RelabelReplayBufferCallback, VLMRewardWrapper
+from vlm_reward_wrappers import OracleLabeler, RelabelingReplayBuffer, VLMRewardWrapper
 from vlm_reward_wrappers.frames import resize_frame
 
 
@@ -33,7 +33,7 @@ class StepRecorder(gym.Wrapper):
 @pytest.mark.parametrize("reward_input, learn_calls", [
     ("frame", 1),
     ("observation", 1),
-    ("frame", 2),  # training resumed with a second learn() call, the same callback and replay buffer
+    ("frame", 2),  # training resumed with a second learn() call and the same replay buffer
     ("observation", 2),
 ])
 def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(cartpole, reward_input, learn_calls):
@@ -41,18 +41,18 @@ def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(c
     env = VLMRewardWrapper(below, goal=GOAL, labeler=OracleLabeler(), reward_input=reward_input, seed=0,
                            seed_steps=100, query_every=100, pairs_per_query=20, asynchronous=False)
     above = StepRecorder(env)  # sees the reward the agent was given when the step was taken
-    callback = RelabelReplayBufferCallback(env)
-    model = SAC("MlpPolicy", above, learning_starts=50, buffer_size=5000, seed=0)
+    model = SAC("MlpPolicy", above, learning_starts=50, buffer_size=5000, seed=0,
+                replay_buffer_class=RelabelingReplayBuffer)
     steps = 320  # 3 episodes of 100 steps and some: terminal transitions included
-    # Reward-model updates at steps 100, 200 and 300.
+    # Queries at steps 100, 200 and 300; their labels arrive, and the model is updated, a step later.
     if learn_calls == 1:
-        model.learn(steps, callback=callback)
+        model.learn(steps)
     else:
-        model.learn(150, callback=callback)
-        model.learn(steps - 150, callback=callback, reset_num_timesteps=False)
+        model.learn(150)
+        model.learn(steps - 150, reset_num_timesteps=False)
 
     learner, buffer = env.learner, model.replay_buffer
-    assert learner.reward_model.version >= 3 and callback.relabels >= 3
+    assert learner.reward_model.version == 3 and buffer.relabels == 3
     assert buffer.pos == steps == len(below.next_observations) and not buffer.full
     # Slot i holds step i: its next observation is the one step i returned (the terminal one at an end).
     np.testing.assert_array_equal(buffer.next_observations[:steps, 0], np.stack(below.next_observations))
@@ -71,13 +71,6 @@ def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(c
     env.close()
 
 
-def test_relabel_callback_refuses_on_policy_algorithms(cartpole):
-    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0)
-    with pytest.raises(TypeError, match="off-policy"):
-        PPO("MlpPolicy", env, n_steps=64, batch_size=64).learn(64, callback=RelabelReplayBufferCallback(env))
-    env.close()
-
-
-def test_relabel_callback_needs_a_vlm_wrapper(cartpole):
-    with pytest.raises(TypeError, match="VLMRewardWrapper"):
-        RelabelReplayBufferCallback(cartpole)
+def test_the_buffer_needs_a_vlm_wrapper(cartpole):
+    with pytest.raises(ValueError, match="needs the env wrapped in VLMRewardWrapper"):
+        SAC("MlpPolicy", cartpole, learning_starts=10, replay_buffer_class=RelabelingReplayBuffer).learn(5)

@@ -12,7 +12,7 @@ from conftest import GOAL
 from vlm_reward_wrappers import (
     FrameInfoWrapper,
     OracleLabeler,
-    RelabelReplayBufferCallback,
+    RelabelingReplayBuffer,
     VLMRewardVecEnvWrapper,
     VLMRewardWrapper,
 )
@@ -104,7 +104,8 @@ def test_vec_env_wrapper_batches_rewards_and_keeps_terminal_frames(vec_cls):
     for t in range(30):
         obs, rewards, dones, infos = env.step(np.zeros(2, dtype=np.int64))
         assert rewards.shape == (2,)
-        np.testing.assert_allclose(rewards, model.predict(env.learner.last_inputs), atol=1e-6)
+        scored = np.stack([info["vlm_reward_input"] for info in infos])  # what the buffer class stores
+        np.testing.assert_allclose(rewards, model.predict(scored), atol=1e-6)
         assert all("vlm_frame" not in info for info in infos)
         for i, (horizon, info) in enumerate(zip(horizons, infos)):
             k = t % horizon + 1  # the step of its episode that env i just took
@@ -112,7 +113,7 @@ def test_vec_env_wrapper_batches_rewards_and_keeps_terminal_frames(vec_cls):
             # The frame scored is the state the step reached: at an episode's end the terminal state,
             # not the next episode's first (reset) state, whose frame is all 0.
             frame = np.full((48, 48, 3), 10 * k, np.uint8)
-            np.testing.assert_array_equal(env.learner.last_inputs[i], frame)
+            np.testing.assert_array_equal(scored[i], frame)
             assert rewards[i] == pytest.approx(float(model.predict(frame[None])[0]), abs=1e-6)
             terminal_steps += int(dones[i])
     assert terminal_steps == 30 // 4 + 30 // 7
@@ -150,9 +151,9 @@ def test_three_lines_with_ppo(cartpole):
 def test_three_lines_with_sac_and_relabelling(cartpole):
     env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0, seed_steps=100, query_every=100,
                            pairs_per_query=10)
-    callback = RelabelReplayBufferCallback(env)
-    SAC("MlpPolicy", env, learning_starts=50, seed=0).learn(300, callback=callback)
-    assert callback.relabels >= 1
+    model = SAC("MlpPolicy", env, learning_starts=50, seed=0, replay_buffer_class=RelabelingReplayBuffer)
+    model.learn(300)
+    assert model.replay_buffer.relabels >= 1
     env.close()
 
 
@@ -169,6 +170,10 @@ def test_metrics_reach_sb3_logger(cartpole, tmp_path):
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(384, callback=VLMMetricsCallback(env))
     rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
-    assert {"vlm/labels_used", "vlm/label_accuracy", "vlm/reward_model/loss", "vlm/queue_length"} <= set(rows[-1])
+    assert {"vlm/labels_used", "vlm/label_accuracy", "vlm/reward_model/loss", "vlm/queue_length",
+            "vlm/gt_episode_return"} <= set(rows[-1])
     assert float(rows[-1]["vlm/labels_used"]) > 0 and float(rows[-1]["vlm/label_accuracy"]) == 1.0
+    # The true return of CartPoleAngle's 100-step episodes (-sum |angle|, |angle| <= pi / 2), not the learned one.
+    assert -100 * np.pi / 2 <= float(rows[-1]["vlm/gt_episode_return"]) < 0
+    assert float(rows[-1]["vlm/gt_episode_length"]) == 100
     env.close()

@@ -1,7 +1,8 @@
 """vlm_reward_wrappers: train any SB3 agent on a reward learned from a VLM's preferences between frames."""
 
 from vlm_reward_wrappers import envs  # noqa: F401  (registers the vlmrw/ env ids)
-from vlm_reward_wrappers.callbacks import RelabelReplayBufferCallback, VLMMetricsCallback
+from vlm_reward_wrappers.callbacks import VLMMetricsCallback
+from vlm_reward_wrappers.config import PRESETS, LearnerConfig
 from vlm_reward_wrappers.frames import FrameBuffer
 from vlm_reward_wrappers.labelers import (
     Answer,
@@ -15,7 +16,9 @@ from vlm_reward_wrappers.labelers import (
 from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore, PreferenceDataset
 from vlm_reward_wrappers.learner import PreferenceLearner
+from vlm_reward_wrappers.replay import RelabelingReplayBuffer
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel
+from vlm_reward_wrappers.training import BackgroundTrainer
 from vlm_reward_wrappers.sampling import DisagreementSampler, EntropySampler, PairSampler, UniformSampler
 from vlm_reward_wrappers.wrappers import CLIPRewardWrapper, FrameInfoWrapper, VLMRewardVecEnvWrapper, VLMRewardWrapper
 
@@ -32,7 +35,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "PRESETS",
     "Answer",
+    "BackgroundTrainer",
     "CLIPLabeler",
     "CLIPRewardWrapper",
     "ChatPreferenceLabeler",
@@ -42,6 +47,7 @@ __all__ = [
     "FrameBuffer",
     "FrameInfoWrapper",
     "Labeler",
+    "LearnerConfig",
     "LabelStore",
     "LabellingService",
     "LlamaCppLabeler",
@@ -51,7 +57,7 @@ __all__ = [
     "PreferenceDataset",
     "PreferenceLearner",
     "Query",
-    "RelabelReplayBufferCallback",
+    "RelabelingReplayBuffer",
     "RetryPolicy",
     "RewardModel",
     "UniformSampler",

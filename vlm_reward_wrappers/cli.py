@@ -15,7 +15,12 @@ from typing import Dict, List, Optional
 import gymnasium as gym
 import numpy as np
 
+from vlm_reward_wrappers.config import PRESETS
+
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
+#: LearnerConfig settings that ``vlm-reward train`` takes as flags (each overrides the preset's).
+CONFIG_FLAGS = ("reward_input", "reward_image_size", "seed_steps", "query_every", "pairs_per_query",
+                "feedback_budget", "epochs_per_update", "gradient_steps_per_update")
 
 
 def make_backend(args: argparse.Namespace):
@@ -58,11 +63,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     """Train ``args.algo`` on ``args.env`` with the learned reward; return the figures printed."""
     import stable_baselines3
     import torch
-    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
-    from vlm_reward_wrappers import LabelStore, RelabelReplayBufferCallback, VLMMetricsCallback, VLMRewardWrapper
+    from vlm_reward_wrappers import LabelStore, RelabelingReplayBuffer, VLMMetricsCallback, VLMRewardWrapper
+    from vlm_reward_wrappers.config import make_config
     from vlm_reward_wrappers.evaluation import random_score
     from vlm_reward_wrappers.envs import goal_for
 
@@ -70,23 +75,18 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     torch.set_num_threads(args.threads)
     goal = args.goal or goal_for(args.env)
     labeler = make_labeler(args)
+    config = make_config(args.preset, **{name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None})
     env = VLMRewardWrapper(
-        gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler,
-        reward_input=args.reward_input, reward_image_size=args.reward_image_size, seed=args.seed,
+        gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler, config=config, seed=args.seed,
         label_store=LabelStore(args.label_store) if args.label_store else None,
-        seed_steps=args.seed_steps, query_every=args.query_every, pairs_per_query=args.pairs_per_query,
-        feedback_budget=args.feedback_budget, epochs_per_update=args.epochs_per_update,
     )
     algo_cls = getattr(stable_baselines3, args.algo)
     off_policy = args.algo in ("SAC", "TD3", "DQN")
     # Off-policy updates wait for the first labels: before them the reward model is untrained noise.
-    algo_kwargs = {"learning_starts": args.seed_steps} if off_policy else {}
+    algo_kwargs = dict(learning_starts=config.seed_steps, replay_buffer_class=RelabelingReplayBuffer) if off_policy else {}
     model = algo_cls("MlpPolicy", env, seed=args.seed, verbose=0, tensorboard_log=args.tensorboard_log, **algo_kwargs)
-    callbacks: List = [VLMMetricsCallback(env)]
-    if off_policy:
-        callbacks.append(RelabelReplayBufferCallback(env))
     started = time.perf_counter()
-    model.learn(args.steps, callback=CallbackList(callbacks), progress_bar=sys.stderr.isatty())
+    model.learn(args.steps, callback=VLMMetricsCallback(env), progress_bar=sys.stderr.isatty())
     env.learner.flush(timeout=60)
     wall_s = time.perf_counter() - started
     eval_env = Monitor(gym.make(args.env))
@@ -146,13 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", default=None, help="the task in words (default: the registered goal of --env)")
     p.add_argument("--algo", default="PPO", choices=ALGOS)
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
-    p.add_argument("--reward-input", default="frame", choices=("frame", "observation"))
-    p.add_argument("--reward-image-size", type=int, default=64, help="side in pixels of the reward model's frames")
-    p.add_argument("--seed-steps", type=int, default=500)
-    p.add_argument("--query-every", type=int, default=1000)
-    p.add_argument("--pairs-per-query", type=int, default=50)
-    p.add_argument("--feedback-budget", type=int, default=1000)
-    p.add_argument("--epochs-per-update", type=int, default=20)
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="learner settings: RL-VLM-F's per task family, or quick (minutes on a CPU)")
+    p.add_argument("--reward-input", default=None, choices=("frame", "observation"))
+    p.add_argument("--reward-image-size", type=int, default=None, help="side in pixels of the reward model's frames")
+    for flag in ("seed-steps", "query-every", "pairs-per-query", "feedback-budget", "epochs-per-update",
+                 "gradient-steps-per-update"):
+        p.add_argument(f"--{flag}", type=int, default=None, help="overrides the preset's")
     p.add_argument("--label-store", default=None, help="sqlite file keeping every label (resumable)")
     p.add_argument("--save-reward-model", default=None, help="write the trained reward model here")
     p.add_argument("--tensorboard-log", default=None, help="TensorBoard folder for SB3's logger")

@@ -2,117 +2,118 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Dict, FrozenSet, List, Optional, Set, Union
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Union
 
 import numpy as np
+import torch
 
+from vlm_reward_wrappers.config import LearnerConfig, make_config
 from vlm_reward_wrappers.frames import FrameBuffer
 from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
 from vlm_reward_wrappers.labels import NO_PREFERENCE, LabelRecord, LabelStore, PreferenceDataset
 from vlm_reward_wrappers.metrics import gt_preference, pearson
-from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel
+from vlm_reward_wrappers.reward_model import RewardModel
 from vlm_reward_wrappers.sampling import PairSampler, make_sampler
+from vlm_reward_wrappers.training import BackgroundTrainer
 
 logger = logging.getLogger(__name__)
+
+#: Recent frames the reward normalisation (and the correlation with the true reward) is fitted on.
+NORMALIZATION_FRAMES = 2000
 
 
 class PreferenceLearner:
     """The continual loop of RL-VLM-F, driven one env step at a time by the wrappers.
 
-    Every step the wrappers hand in frames; the learner keeps them in a :class:`FrameBuffer`, returns
-    the reward model's reward and, on schedule, sends pairs to the labeler in the background. Labels
-    are applied when they arrive; once a batch has arrived the reward model is retrained on all labels
-    and its version goes up (off-policy replay buffers are then relabelled by
-    :class:`~vlm_reward_wrappers.callbacks.RelabelReplayBufferCallback`).
+    Every step the wrappers hand in frames; the learner keeps them in a :class:`FrameBuffer` and returns
+    the reward model's reward. The env loop only ever runs that inference: on schedule, pairs go to the
+    :class:`LabellingService` (background threads), answers are applied when they arrive, and once a
+    batch is in, a :class:`BackgroundTrainer` trains a copy of the reward model beside the loop; its
+    weights are swapped in at a later step and the model's version goes up (off-policy replay buffers
+    then relabel, see :class:`~vlm_reward_wrappers.replay.RelabelingReplayBuffer`).
 
-    Defaults are RL-VLM-F's MetaWorld settings.
+    Components are injected, and built from ``config`` where not given (as imitation's
+    PreferenceComparisons does).
 
     :param goal: text description of the task.
-    :param labeler: answers queries (a VLM, CLIP or the simulated teacher).
-    :param reward_model: the model to train; its ``reward_input`` decides whether frames or
-        observations are its input.
-    :param label_store: where answers are committed before use; an in-memory store by default.
-        Labels already in the store for this goal and labeler are loaded and trained on at start.
-    :param sampler: pair selection, "uniform" (RL-VLM-F), "disagreement" or "entropy".
-    :param seed_steps: env steps before the first query.
-    :param query_every: env steps between queries (4000).
-    :param pairs_per_query: pairs sent per query batch (40).
-    :param feedback_budget: the most queries the run may send (20000).
-    :param epochs_per_update: reward-model epochs per update (10).
-    :param buffer_capacity: frames kept to sample pairs from.
-    :param max_pending: the most queries waiting on the labeler; a due batch is skipped (and counted)
-        instead of growing the queue without bound. Defaults to twice ``pairs_per_query``.
-    :param asynchronous: label in a background thread (True) or inline, deterministically (False).
-    :param retry: retries, backoff and the deadline of each labeler call (:class:`RetryPolicy`'s defaults).
-    :param use_soft_labels: train on the labeler's soft labels where it gives them.
-    :param reward_lr: Adam learning rate of the reward model.
-    :param reward_batch_size: pairs per reward-model gradient step.
-    :param early_stop_accuracy: end an update once train accuracy reaches this.
-    :param seed: seed of pair sampling and training shuffles.
+    :param labeler: answers queries (a VLM, CLIP or the simulated teacher); None for a learner that
+        only scores (``training=False``).
+    :param config: a :class:`LearnerConfig` or a preset name (:data:`~vlm_reward_wrappers.config.PRESETS`);
+        RL-VLM-F's MetaWorld settings by default.
+    :param reward_model: the model to train and score with; built from ``config`` by default (frames; for
+        ``reward_input="observation"`` pass ``RewardModel("observation", (D,))``). Its input and ensemble
+        size must agree with ``config``.
+    :param label_store: where answers are committed before use; an in-memory store by default. Labels
+        already in it for this goal and labeler are loaded and trained on at start.
+    :param sampler: pair selection; ``config.sampler`` by default.
+    :param trainer: trains a copy of the reward model off the env loop; built from ``config`` by default.
+    :param retry: retries, backoff and deadline of each labeler call.
+    :param asynchronous: label and train on background threads (True), or inline, deterministically.
+    :param training: query and learn (True), or only score with the current reward model (False):
+        for evaluation envs.
+    :param resume: load the labels already in ``label_store`` for this goal and labeler, and train on
+        them before the first step.
+    :param seed: seed of pair sampling, weights and training shuffles.
+    :param overrides: changes to ``config`` by name, e.g. ``query_every=1000``.
     """
 
     def __init__(
         self,
         goal: str,
-        labeler: Labeler,
-        reward_model: RewardModel,
+        labeler: Optional[Labeler],
+        config: Union[None, str, LearnerConfig] = None,
+        reward_model: Optional[RewardModel] = None,
         label_store: Optional[LabelStore] = None,
-        sampler: Union[str, PairSampler] = "uniform",
-        seed_steps: int = 1000,
-        query_every: int = 4000,
-        pairs_per_query: int = 40,
-        feedback_budget: int = 20000,
-        epochs_per_update: int = 10,
-        buffer_capacity: int = 20000,
-        max_pending: Optional[int] = None,
-        asynchronous: bool = True,
+        sampler: Optional[PairSampler] = None,
+        trainer: Optional[BackgroundTrainer] = None,
         retry: Optional[RetryPolicy] = None,
-        use_soft_labels: bool = False,
-        reward_lr: float = 3e-4,
-        reward_batch_size: int = 64,
-        early_stop_accuracy: float = 0.97,
+        asynchronous: bool = True,
+        training: bool = True,
+        resume: bool = True,
         seed: Optional[int] = None,
+        **overrides: Any,
     ) -> None:
         self.goal = check_goal(goal)
-        self.labeler = check_labeler(labeler)
-        if not isinstance(reward_model, RewardModel):
-            raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(reward_model).__name__}")
-        _check_counts(seed_steps=(seed_steps, 0), query_every=(query_every, 1), pairs_per_query=(pairs_per_query, 1),
-                      feedback_budget=(feedback_budget, 0), epochs_per_update=(epochs_per_update, 1),
-                      buffer_capacity=(buffer_capacity, 2), reward_batch_size=(reward_batch_size, 1))
-        if max_pending is not None and max_pending < pairs_per_query:
-            raise ValueError(f"max_pending ({max_pending}) must be at least pairs_per_query ({pairs_per_query}), "
-                             "or no batch could ever be sent")
-        self.reward_model = reward_model
-        self.sampler = make_sampler(sampler)
-        self.seed_steps, self.query_every = seed_steps, query_every
-        self.pairs_per_query, self.feedback_budget = pairs_per_query, feedback_budget
-        self.max_pending = 2 * pairs_per_query if max_pending is None else max_pending
-        self.buffer_capacity = buffer_capacity
+        self.config = config = make_config(config, **overrides)
+        if labeler is None and training:
+            raise ValueError("a learner that trains needs a labeler; pass training=False for one that only scores")
+        self.labeler = None if labeler is None else check_labeler(labeler)
+        self.reward_model = _checked_model(reward_model, config, seed)
+        self.training = training
+        self.sampler = make_sampler(sampler or config.sampler)
         self.rng = np.random.default_rng(seed)
-        self.trainer = BradleyTerryTrainer(
-            reward_model, lr=reward_lr, batch_size=reward_batch_size, epochs=epochs_per_update,
-            early_stop_accuracy=early_stop_accuracy, seed=seed,
+        self.trainer = trainer or BackgroundTrainer.for_model(
+            self.reward_model, asynchronous, lr=config.reward_lr, batch_size=config.reward_batch_size,
+            epochs=config.epochs_per_update, gradient_steps=config.gradient_steps_per_update,
+            early_stop_accuracy=config.early_stop_accuracy, seed=seed,
         )
+        if self.trainer.model is not self.reward_model:
+            raise ValueError("the trainer given updates another reward model than the learner's")
         self._owns_store = label_store is None
         self.store = LabelStore() if label_store is None else label_store
-        self.service = LabellingService(labeler, goal, self.store, retry, asynchronous)
-        self.dataset = PreferenceDataset(use_soft_labels)
+        self.service = None if labeler is None else LabellingService(labeler, goal, self.store, retry, asynchronous)
+        self.dataset = PreferenceDataset(config.use_soft_labels)
         self.buffer: Optional[FrameBuffer] = None
-        #: Reward-model inputs of the latest :meth:`observe` call, (n_envs, ...).
-        self.last_inputs: Optional[np.ndarray] = None
         self.num_timesteps = 0
         self.queries_issued = 0
-        self._next_query_step = seed_steps
+        self._next_query_step = config.seed_steps
         self._new_labels = 0
         self._labelled_pairs: Set[FrozenSet[str]] = set()
-        self._stats = {
-            "no_preference": 0, "labels_resumed": 0, "labels_compared": 0, "labels_correct": 0, "skipped_batches": 0,
-            "updates": 0, "loss": float("nan"), "accuracy": float("nan"), "gt_correlation": float("nan"),
+        self._recent_gt: Optional[np.ndarray] = None
+        self._stats: Dict[str, float] = {
+            "no_preference": 0, "labels_resumed": 0, "labels_compared": 0, "labels_correct": 0,
+            "skipped_batches": 0, "updates": 0, "loss": float("nan"), "accuracy": float("nan"),
+            "gt_correlation": float("nan"),
         }
-        self._resume_from_store()
+        if self.service is not None and resume:
+            self._resume_from_store()
+            if self._new_labels:  # trained on the resumed labels before the first step
+                self._start_update()
+                self._finish_update(self.trainer.wait())
 
     # ----------------------------------------------------------------------------------------- steps
     def observe(
@@ -125,58 +126,78 @@ class PreferenceLearner:
         :param observations: (n_envs, D) state observations; needed when the model reads them.
         :return: (n_envs,) float32 rewards from the reward model.
         """
-        reward_input = self.reward_model.reward_input
-        if self.buffer is None:
-            if reward_input == "frame" and frames.shape[1:] != self.reward_model.input_shape:
+        inputs = self.reward_inputs(frames, observations)
+        if self.training:
+            if self.buffer is None:
+                obs_shape = None if self.reward_model.reward_input == "frame" else self.reward_model.input_shape
+                self.buffer = FrameBuffer(self.config.buffer_capacity, frames.shape[1:], obs_shape)
+            self.buffer.add(frames, gt_rewards, observations)
+            self.num_timesteps += len(frames)
+            self.tick()
+        return self.reward_model.predict(inputs)
+
+    def reward_inputs(self, frames: np.ndarray, observations: Optional[np.ndarray] = None) -> np.ndarray:
+        """What the reward model reads of a step: the frames, or the observations as float32."""
+        if self.reward_model.reward_input == "frame":
+            if frames.shape[1:] != self.reward_model.input_shape:
                 raise ValueError(
                     f"frames of shape {frames.shape[1:]} for a reward model reading {self.reward_model.input_shape}: "
                     "the wrapper's reward_image_size must match the reward model's"
                 )
-            obs_shape = None if reward_input == "frame" else self.reward_model.input_shape
-            self.buffer = FrameBuffer(self.buffer_capacity, frames.shape[1:], obs_shape)
-        self.buffer.add(frames, gt_rewards, observations)
-        self.num_timesteps += len(frames)
-        self.last_inputs = frames if reward_input == "frame" else np.asarray(observations, dtype=np.float32)
-        self.tick()
-        return self.reward_model.predict(self.last_inputs)
+            return frames
+        if observations is None:
+            raise ValueError("this reward model reads observations: pass them to observe()")
+        return np.asarray(observations, dtype=np.float32)
 
     def tick(self) -> None:
-        """Apply arrived labels, train when a batch is in, and send the next batch when it is due."""
+        """Apply arrived labels, swap in a finished update, start the next one when a batch is in, and
+        send the next query batch when it is due. Never waits."""
         self._apply_labels()
-        if self._new_labels and (self._new_labels >= self.pairs_per_query or self.service.pending == 0):
-            self.update_reward_model()
+        enough = self._new_labels >= self.config.pairs_per_query or self.service.pending == 0
+        if self._new_labels and enough and not self.trainer.busy:
+            self._start_update()
+        self._finish_update(self.trainer.poll())  # a synchronous update is swapped in at once
         if self.num_timesteps >= self._next_query_step and self.buffer is not None and len(self.buffer) >= 2:
-            self._next_query_step = self.num_timesteps + self.query_every
+            self._next_query_step = self.num_timesteps + self.config.query_every
             self._send_queries()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait for pending labels (at most ``timeout`` s), apply them and train; True if none is left."""
+        """Wait for pending labels (at most ``timeout`` s), train on them and swap the model in; True if
+        no label was left pending."""
+        if self.service is None:
+            return True
         done = self.service.wait(timeout)
         self._apply_labels()
+        self._finish_update(self.trainer.wait(timeout))
         if self._new_labels:
-            self.update_reward_model()
+            self._start_update()
+            self._finish_update(self.trainer.wait(timeout))
         return done
 
-    def update_reward_model(self) -> None:
-        """Retrain the reward model on every label so far and refit its normalisation."""
-        stats = self.trainer.train(self.dataset)
-        self._new_labels = 0
-        self._stats.update(updates=self._stats["updates"] + 1, loss=stats.loss, accuracy=stats.accuracy)
+    def _start_update(self) -> None:
+        recent = None
         if self.buffer is not None and len(self.buffer) >= 2:
-            # The most recent frames: the policy's current state distribution, and no draw on self.rng,
-            # so the pairs a run samples do not depend on when its updates happened.
-            idx = self.buffer.recent(2000)
-            predicted = self.reward_model.fit_normalization(self.buffer.inputs(idx, self.reward_model.reward_input))
-            self._stats["gt_correlation"] = pearson(predicted, self.buffer.gt_rewards[idx])
+            idx = self.buffer.recent(NORMALIZATION_FRAMES)  # the policy's current state distribution
+            recent, self._recent_gt = self.buffer.inputs(idx, self.reward_model.reward_input), self.buffer.gt_rewards[idx]
+        self._new_labels = 0
+        self.trainer.start(self.dataset, recent)
+
+    def _finish_update(self, result) -> None:
+        if result is None:
+            return
+        stats, predicted = result
+        self._stats.update(updates=self._stats["updates"] + 1, loss=stats.loss, accuracy=stats.accuracy)
+        if predicted is not None:
+            self._stats["gt_correlation"] = pearson(predicted, self._recent_gt)
         logger.info("reward model v%d: %d labels, loss %.4f, accuracy %.3f",
                     self.reward_model.version, len(self.dataset), stats.loss, stats.accuracy)
 
     # ----------------------------------------------------------------------------------------- labels
     def _send_queries(self) -> None:
-        n = min(self.pairs_per_query, self.feedback_budget - self.queries_issued)
+        n = min(self.config.pairs_per_query, self.config.feedback_budget - self.queries_issued)
         if n <= 0:
             return
-        if self.service.pending + n > self.max_pending:
+        if self.service.pending + n > self.config.pending_limit:
             self._stats["skipped_batches"] += 1
             logger.warning("labeler is behind (%d queries pending): skipping this query batch", self.service.pending)
             return
@@ -222,8 +243,9 @@ class PreferenceLearner:
             self._stats["labels_compared"] += 1
             self._stats["labels_correct"] += int(record.preference == truth)
 
-    def _resume_from_store(self) -> None:
-        """Load the labels a previous run with the same store, goal and labeler already paid for."""
+    def _resume_from_store(self) -> int:
+        """Load the labels a previous run with the same store, goal and labeler already paid for;
+        return how many."""
         labeler = self.labeler
         records = self.store.records(self.goal, labeler.labeler_id, labeler.prompt_version)
         for record in records:
@@ -234,20 +256,21 @@ class PreferenceLearner:
             if input_a.shape != self.reward_model.input_shape:
                 logger.warning("label store holds inputs of shape %s, the reward model reads %s: not resuming",
                                input_a.shape, self.reward_model.input_shape)
-                return
+                return 0
             self._use_label(input_a, input_b, record, float("nan"), float("nan"))
         self.queries_issued = len(records)
         self._stats["labels_resumed"] = len(records)
         if records:
             logger.info("resumed %d labels from %s", len(records), self.store.path)
-        if self._new_labels:
-            self.update_reward_model()
+        return len(records)
 
     # ----------------------------------------------------------------------------------------- state
     @property
     def metrics(self) -> Dict[str, float]:
         """Counters and figures of the run, under the names used in SB3's logger (``vlm/<name>``)."""
-        counts, s = self.service.counts, self._stats
+        s = self._stats
+        counts = self.service.counts if self.service is not None else dict.fromkeys(
+            ("sent", "answered", "cached", "dropped", "failed_calls", "timeouts", "invalid_answers"), 0)
         answered = counts["answered"]
         return {
             "labels_used": len(self.dataset),
@@ -263,24 +286,94 @@ class PreferenceLearner:
             "labeler_invalid_answers": counts["invalid_answers"],
             "no_preference": s["no_preference"],
             "skipped_batches": s["skipped_batches"],
-            "queue_length": self.service.pending,
-            "labeler_latency_s": self.service.latency_s_total / answered if answered else float("nan"),
+            "queue_length": 0 if self.service is None else self.service.pending,
+            "labeler_latency_s": (self.service.latency_s_total / answered) if answered else float("nan"),
             "reward_model/version": self.reward_model.version,
             "reward_model/updates": s["updates"],
             "reward_model/loss": s["loss"],
             "reward_model/accuracy": s["accuracy"],
             "reward_model/gt_correlation": s["gt_correlation"],
+            "reward_model/train_cpu_s": self.trainer.train_cpu_s,
         }
 
+    def save(self, path: Union[str, Path]) -> None:
+        """Write what a stopped run needs to go on: settings, goal, reward model and its training copy
+        (with its optimiser), schedule position, budget spent, counters, and where the label store is.
+
+        The labels themselves stay in the label store (give the learner a file store to resume one); the
+        frame buffer is not saved and refills as the resumed run steps.
+        """
+        if self.store.path == ":memory:":
+            raise ValueError("this learner's labels live in an in-memory store and would be lost: "
+                             "pass label_store=LabelStore('labels.sqlite') to a learner meant to be saved")
+        self.flush()
+        torch.save({
+            "config": dataclasses.asdict(self.config), "goal": self.goal, "label_store": self.store.path,
+            "reward_model": self.reward_model.state(), "training_model": self.trainer.trainer.model.state(),
+            "optimizer": self.trainer.trainer.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
+            "next_query_step": self._next_query_step, "queries_issued": self.queries_issued,
+            "stats": dict(self._stats), "train_cpu_s": self.trainer.train_cpu_s,
+        }, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: Union[str, Path],
+        labeler: Optional[Labeler],
+        label_store: Optional[LabelStore] = None,
+        **kwargs: Any,
+    ) -> "PreferenceLearner":
+        """A learner that goes on where :meth:`save` left it: the same reward model, schedule and budget,
+        its labels read back from the label store (``label_store``, or the file it was saved with),
+        nothing asked again.
+
+        :param labeler: the labeler to go on with (None for a learner that only scores).
+        :param kwargs: further :class:`PreferenceLearner` arguments (``asynchronous``, ``retry``, ``training``).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved learner at {path}: write one with learner.save(path)")
+        state = torch.load(path, weights_only=True)
+        store = label_store if label_store is not None else LabelStore(state["label_store"])
+        model = RewardModel.from_state(state["reward_model"])
+        learner = cls(state["goal"], labeler, LearnerConfig(**state["config"]), reward_model=model,
+                      label_store=store, resume=False, **kwargs)
+        learner._owns_store = label_store is None
+        if learner.service is not None:
+            learner._resume_from_store()
+            learner._new_labels = 0  # the saved model was trained on all of them (save flushes)
+        learner.trainer.trainer.model.net.load_state_dict(state["training_model"]["state_dict"])
+        learner.trainer.trainer.optimizer.load_state_dict(state["optimizer"])
+        learner.trainer.train_cpu_s = state["train_cpu_s"]
+        learner.num_timesteps, learner._next_query_step = state["num_timesteps"], state["next_query_step"]
+        learner._stats.update(state["stats"])
+        learner.queries_issued = state["queries_issued"]
+        return learner
+
     def close(self) -> None:
-        """Stop the labelling thread and release the labeler (and the store, if the learner made it)."""
-        self.service.close()
+        """Stop the labelling threads and release the labeler (and the store, if the learner made it)."""
+        if self.service is not None:
+            self.service.close()
         if self._owns_store:
             self.store.close()
 
 
-def _check_counts(**settings) -> None:
-    """Raise a ValueError naming each setting (value, least allowed) below its least allowed value."""
-    for name, (value, least) in settings.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
+def _checked_model(model: Optional[RewardModel], config: LearnerConfig, seed: Optional[int]) -> RewardModel:
+    """``model``, or a new frame model from ``config``; a ValueError where the two disagree."""
+    if model is None:
+        if config.reward_input != "frame":
+            raise ValueError("a learner on observations needs its model: pass reward_model=RewardModel('observation', (D,))")
+        size = config.reward_image_size
+        return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, seed=seed)
+    if not isinstance(model, RewardModel):
+        raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(model).__name__}")
+    mismatch = model.reward_input != config.reward_input or model.ensemble_size != config.ensemble_size or (
+        model.reward_input == "frame" and model.input_shape[0] != config.reward_image_size)
+    if mismatch:
+        raise ValueError(
+            f"the reward_model given reads {model.reward_input} inputs of shape {model.input_shape} with "
+            f"{model.ensemble_size} members, but the settings ask for {config.reward_input} inputs, "
+            f"reward_image_size {config.reward_image_size} and ensemble_size {config.ensemble_size}: pass the "
+            "model's own reward_input, reward_image_size and ensemble_size"
+        )
+    return model

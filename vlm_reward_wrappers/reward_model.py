@@ -181,23 +181,37 @@ class RewardModel:
             self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
         return ((raw - self.mean) / self.std).astype(np.float32)
 
+    def clone(self) -> "RewardModel":
+        """An independent copy: same settings, weights, normalisation and version."""
+        return RewardModel.from_state(self.state())
+
+    def copy_weights_from(self, other: "RewardModel") -> None:
+        """Take ``other``'s weights and normalisation (a model of the same settings); the version stays."""
+        self.net.load_state_dict(other.net.state_dict())
+        self.mean, self.std = other.mean, other.std
+
+    def state(self) -> dict:
+        """Settings, weights, normalisation and version, as :meth:`save` writes them."""
+        return {
+            "config": dict(reward_input=self.reward_input, input_shape=self.input_shape,
+                           ensemble_size=self.ensemble_size, normalize=self.normalize),
+            "state_dict": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
+            "mean": self.mean,
+            "std": self.std,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: Union[str, torch.device] = "cpu") -> "RewardModel":
+        """The model a :meth:`state` describes."""
+        model = cls(**state["config"], device=device)
+        model.net.load_state_dict(state["state_dict"])
+        model.mean, model.std, model.version = state["mean"], state["std"], state["version"]
+        return model
+
     def save(self, path: Union[str, Path]) -> None:
         """Write weights, normalisation and settings to one file."""
-        torch.save(
-            {
-                "config": dict(
-                    reward_input=self.reward_input,
-                    input_shape=self.input_shape,
-                    ensemble_size=self.ensemble_size,
-                    normalize=self.normalize,
-                ),
-                "state_dict": self.net.state_dict(),
-                "mean": self.mean,
-                "std": self.std,
-                "version": self.version,
-            },
-            path,
-        )
+        torch.save(self.state(), path)
 
     @classmethod
     def load(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "RewardModel":
@@ -205,11 +219,7 @@ class RewardModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no reward model at {path}: write one with RewardModel.save(path)")
-        data = torch.load(path, map_location=device, weights_only=True)
-        model = cls(**data["config"], device=device)
-        model.net.load_state_dict(data["state_dict"])
-        model.mean, model.std, model.version = data["mean"], data["std"], data["version"]
-        return model
+        return cls.from_state(torch.load(path, map_location=device, weights_only=True), device)
 
 
 @dataclass
@@ -232,6 +242,8 @@ class BradleyTerryTrainer:
     :param lr: Adam learning rate (3e-4, RL-VLM-F).
     :param batch_size: pairs per gradient step (64, RL-VLM-F).
     :param epochs: passes over all labels per update (RL-VLM-F: 10 for MetaWorld, 50 for CartPole).
+    :param gradient_steps: if set, an update ends after this many minibatch steps (from the current
+        weights), however many labels there are: its cost stays bounded as labels accumulate.
     :param early_stop_accuracy: stop an update once this train accuracy is reached (0.97).
     """
 
@@ -241,12 +253,14 @@ class BradleyTerryTrainer:
         lr: float = 3e-4,
         batch_size: int = 64,
         epochs: int = 10,
+        gradient_steps: Optional[int] = None,
         early_stop_accuracy: float = 0.97,
         seed: Optional[int] = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.epochs = epochs
+        self.gradient_steps = gradient_steps
         self.early_stop_accuracy = early_stop_accuracy
         self.optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
         self.rng = np.random.default_rng(seed)
@@ -259,13 +273,19 @@ class BradleyTerryTrainer:
         n, e = len(targets), self.model.ensemble_size
         net = self.model.net
         net.train()
+        steps_left = self.gradient_steps or float("inf")
+        if self.gradient_steps is not None:
+            epochs = -(-self.gradient_steps * self.batch_size // n)  # enough passes for the steps
         loss_sum = correct = 0.0
-        epochs_run = 0
+        epochs_run = seen = 0
         for _ in range(epochs or self.epochs):
             epochs_run += 1
             order = np.stack([self.rng.permutation(n) for _ in range(e)], axis=1)  # (n, E)
-            loss_sum = correct = 0.0
+            loss_sum = correct = seen = 0.0
             for start in range(0, n, self.batch_size):
+                if steps_left <= 0:
+                    break
+                steps_left -= 1
                 idx = order[start : start + self.batch_size]  # (b, E): member e reads column e
                 both = self.model.to_tensor(np.concatenate([inputs_a[idx], inputs_b[idx]]))
                 rewards = net(both)  # (2b, E)
@@ -277,7 +297,8 @@ class BradleyTerryTrainer:
                 self.optimizer.step()
                 loss_sum += loss.item()
                 correct += ((logits > 0).float() == (target > 0.5).float()).sum().item()
-            if correct / (n * e) >= self.early_stop_accuracy:
+                seen += len(idx) * e
+            if correct / seen >= self.early_stop_accuracy or steps_left <= 0:
                 break
         self.model.version += 1
-        return TrainStats(loss=loss_sum / (n * e), accuracy=correct / (n * e), epochs=epochs_run)
+        return TrainStats(loss=loss_sum / seen, accuracy=correct / seen, epochs=epochs_run)

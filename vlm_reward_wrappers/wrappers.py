@@ -7,16 +7,20 @@ CLIP embedder), and know nothing of any VLM.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Any, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from vlm_reward_wrappers.config import LearnerConfig, make_config
 from vlm_reward_wrappers.frames import resize_frame
 from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
+from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
 from vlm_reward_wrappers.reward_model import RewardModel
 
 #: Key of the frame that :class:`FrameInfoWrapper` puts in ``info``.
@@ -42,88 +46,131 @@ def _observation_dim(space: gym.Space) -> int:
 
 def _make_learner(
     goal: str,
-    labeler: Labeler,
+    labeler: Optional[Labeler],
     observation_space: gym.Space,
-    reward_input: str,
-    reward_image_size: int,
     reward_model: Optional[RewardModel],
-    ensemble_size: int,
     seed: Optional[int],
-    learner_kwargs: dict,
+    learner_kwargs: Dict[str, Any],
 ) -> PreferenceLearner:
-    if reward_input not in ("frame", "observation"):
-        raise ValueError(f"reward_input must be 'frame' or 'observation', got {reward_input!r}")
-    shape: Tuple[int, ...] = (
-        (reward_image_size, reward_image_size, 3) if reward_input == "frame" else (_observation_dim(observation_space),)
-    )
-    if reward_model is None:
-        reward_model = RewardModel(reward_input, shape, ensemble_size=ensemble_size, seed=seed)
-    elif (reward_model.reward_input, reward_model.input_shape, reward_model.ensemble_size) != (
-        reward_input, shape, ensemble_size
-    ):
-        raise ValueError(
-            f"the reward_model given reads {reward_model.reward_input} inputs of shape {reward_model.input_shape} "
-            f"with {reward_model.ensemble_size} members, but the wrapper was asked for {reward_input} inputs of "
-            f"shape {shape} with {ensemble_size}: pass the model's own reward_input, reward_image_size and "
-            "ensemble_size"
-        )
-    return PreferenceLearner(goal, labeler, reward_model, seed=seed, **learner_kwargs)
+    """The learner of a wrapper; a model on the env's observations where the settings ask for one."""
+    fields = {f.name for f in dataclasses.fields(LearnerConfig)}
+    config = make_config(learner_kwargs.pop("config", None),
+                         **{k: learner_kwargs.pop(k) for k in list(learner_kwargs) if k in fields})
+    if reward_model is None and config.reward_input == "observation":
+        reward_model = RewardModel("observation", (_observation_dim(observation_space),),
+                                   ensemble_size=config.ensemble_size, seed=seed)
+    return PreferenceLearner(goal, labeler, config, reward_model=reward_model, seed=seed, **learner_kwargs)
+
+
+class _StepInfo:
+    """What the wrappers add to each step's ``info``: the true reward, the reward-model input and the
+    reward model's key (for :class:`~vlm_reward_wrappers.replay.RelabelingReplayBuffer`), the true
+    return and length of an episode that ends (``info["gt_episode"]``, logged by
+    :class:`~vlm_reward_wrappers.callbacks.VLMMetricsCallback` because SB3's Monitor sees only the
+    learned reward), and ``is_success`` from an env's ``success`` (read by SB3's EvalCallback)."""
+
+    def __init__(self, learner: PreferenceLearner, n_envs: int) -> None:
+        self.model_key = register_reward_model(learner.reward_model)
+        self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
+
+    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: np.ndarray, dones: np.ndarray) -> None:
+        self.returns += gt_rewards
+        self.lengths += 1
+        for i, info in enumerate(infos):
+            info["gt_reward"] = float(gt_rewards[i])
+            info[REWARD_INPUT_KEY], info[REWARD_MODEL_KEY] = inputs[i], self.model_key
+            if "success" in info and "is_success" not in info:
+                info["is_success"] = bool(info["success"])
+            if dones[i]:
+                info["gt_episode"] = {"r": float(self.returns[i]), "l": int(self.lengths[i])}
+                self.returns[i], self.lengths[i] = 0.0, 0
 
 
 class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Replaces the env's reward with a reward model trained continually on a labeler's preferences.
 
     The env's own reward goes to ``info["gt_reward"]``; only the oracle teacher and the metrics read it.
-    Observations, spaces, termination and ``info`` are otherwise passed through unchanged.
+    Observations, spaces and termination pass through unchanged; ``info`` keeps all it had and gains
+    the keys listed in the README.
 
     :param env: an env created with ``render_mode="rgb_array"``.
     :param goal: the task in words, e.g. "the pole is upright on the cart".
-    :param labeler: compares frames against the goal (a VLM labeler, CLIP or :class:`OracleLabeler`).
-    :param reward_input: what the reward model reads: "frame" (RL-VLM-F) or "observation".
-    :param reward_image_size: side in pixels of the reward model's input frames.
-    :param reward_model: a model to continue from (e.g. :meth:`RewardModel.load`); a new one by default.
-        Its input and ensemble size must match ``reward_input``, ``reward_image_size`` and ``ensemble_size``.
-    :param ensemble_size: members of a new reward model.
+    :param labeler: compares frames against the goal (a VLM labeler, CLIP or :class:`OracleLabeler`);
+        None for a frozen wrapper.
+    :param reward_model: a model to continue from (e.g. :meth:`RewardModel.load`, or another wrapper's
+        ``learner.reward_model`` for an evaluation env); a new one by default.
+    :param training: learn (True) or only score with the current reward model, sending no query (False),
+        like SB3's VecNormalize; settable later as ``env.training``.
     :param seed: seed of the reward model, pair sampling and training.
-    :param learner_kwargs: schedule and training settings of :class:`PreferenceLearner`
-        (``query_every``, ``pairs_per_query``, ``feedback_budget``, ``label_store``, ...).
+    :param learner: a learner to use as it is (:meth:`load` passes one); the other arguments then only
+        describe the env.
+    :param learner_kwargs: :class:`PreferenceLearner` arguments: ``config`` (a preset name or a
+        :class:`~vlm_reward_wrappers.config.LearnerConfig`), any of its settings by name
+        (``reward_input``, ``reward_image_size``, ``query_every``, ``feedback_budget``, ...),
+        ``label_store``, ``asynchronous``, ``retry``.
     """
 
     def __init__(
         self,
         env: gym.Env,
         goal: str,
-        labeler: Labeler,
-        reward_input: str = "frame",
-        reward_image_size: int = 64,
+        labeler: Optional[Labeler],
         reward_model: Optional[RewardModel] = None,
-        ensemble_size: int = 3,
+        training: bool = True,
         seed: Optional[int] = None,
+        learner: Optional[PreferenceLearner] = None,
         **learner_kwargs: Any,
     ) -> None:
         _check_render_mode(env.render_mode, "VLMRewardWrapper")
         # No deep copy: labelers hold models and connections; a recreated wrapper shares them.
         gym.utils.RecordConstructorArgs.__init__(
-            self, goal=goal, labeler=labeler, reward_input=reward_input, reward_image_size=reward_image_size,
-            reward_model=reward_model, ensemble_size=ensemble_size, seed=seed, _disable_deepcopy=True,
-            **learner_kwargs,
+            self, goal=goal, labeler=labeler, reward_model=reward_model, training=training, seed=seed,
+            _disable_deepcopy=True, **learner_kwargs,
         )
         gym.Wrapper.__init__(self, env)
-        self.reward_image_size = reward_image_size
-        self.learner = _make_learner(
-            goal, labeler, env.observation_space, reward_input, reward_image_size, reward_model, ensemble_size, seed,
-            learner_kwargs,
-        )
+        self.learner = learner or _make_learner(
+            goal, labeler, env.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
+        self.reward_image_size = self.learner.config.reward_image_size
+        self._info = _StepInfo(self.learner, 1)
+
+    @property
+    def training(self) -> bool:
+        """Whether the wrapper learns (sends queries, trains) or only scores."""
+        return self.learner.training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        if value and self.learner.service is None:
+            raise ValueError("this wrapper was made without a labeler: it can only score")
+        self.learner.training = value
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        self._info.returns[:], self._info.lengths[:] = 0.0, 0
+        return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
         obs, gt_reward, terminated, truncated, info = self.env.step(action)
-        frame = resize_frame(self.env.render(), self.reward_image_size)
+        frames = resize_frame(self.env.render(), self.reward_image_size)[None]
         observations = None
         if self.learner.reward_model.reward_input == "observation":
             observations = np.asarray(obs, dtype=np.float32)[None]
-        reward = self.learner.observe(frame[None], np.array([gt_reward], dtype=np.float64), observations)[0]
-        info["gt_reward"] = gt_reward
-        return obs, float(reward), terminated, truncated, info
+        gt = np.array([gt_reward], dtype=np.float64)
+        reward = self.learner.observe(frames, gt, observations)
+        self._info.annotate([info], gt, self.learner.reward_inputs(frames, observations), [terminated or truncated])
+        return obs, float(reward[0]), terminated, truncated, info
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Save the learner (:meth:`PreferenceLearner.save`) so a stopped run can go on."""
+        self.learner.save(path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], env: gym.Env, labeler: Optional[Labeler], **kwargs: Any) -> "VLMRewardWrapper":
+        """Wrap ``env`` with the learner saved at ``path``, going on where it stopped.
+
+        :param kwargs: :meth:`PreferenceLearner.load` arguments (``label_store``, ``asynchronous``, ...).
+        """
+        learner = PreferenceLearner.load(path, labeler, **kwargs)
+        return cls(env, learner.goal, labeler, learner=learner)
 
     def close(self) -> None:
         self.learner.close()
@@ -163,21 +210,18 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         self,
         venv: VecEnv,
         goal: str,
-        labeler: Labeler,
-        reward_input: str = "frame",
-        reward_image_size: int = 64,
+        labeler: Optional[Labeler],
         reward_model: Optional[RewardModel] = None,
-        ensemble_size: int = 3,
+        training: bool = True,
         seed: Optional[int] = None,
         **learner_kwargs: Any,
     ) -> None:
         _check_render_mode(venv.render_mode, "VLMRewardVecEnvWrapper")
         super().__init__(venv)
-        self.reward_image_size = reward_image_size
         self.learner = _make_learner(
-            goal, labeler, venv.observation_space, reward_input, reward_image_size, reward_model, ensemble_size, seed,
-            learner_kwargs,
-        )
+            goal, labeler, venv.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
+        self.reward_image_size = self.learner.config.reward_image_size
+        self._info = _StepInfo(self.learner, self.num_envs)
         self._frames_in_info = all(venv.env_is_wrapped(FrameInfoWrapper))
         if not self._frames_in_info:
             warnings.warn(
@@ -187,7 +231,10 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
                 stacklevel=2,
             )
 
+    training = VLMRewardWrapper.training
+
     def reset(self):
+        self._info.returns[:], self._info.lengths[:] = 0.0, 0
         return self.venv.reset()
 
     def step_wait(self):
@@ -203,9 +250,12 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
                 for o, done, info in zip(obs, dones, infos)
             ]).astype(np.float32)
         rewards = self.learner.observe(frames, gt_rewards, observations)
-        for info, gt in zip(infos, gt_rewards):
-            info["gt_reward"] = float(gt)
+        self._info.annotate(infos, gt_rewards, self.learner.reward_inputs(frames, observations), dones)
         return obs, rewards, dones, infos
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Save the learner (:meth:`PreferenceLearner.save`) so a stopped run can go on."""
+        self.learner.save(path)
 
     def close(self) -> None:
         self.learner.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from vlm_reward_wrappers.config import LearnerConfig
 from vlm_reward_wrappers.frames import resize_frame
 from vlm_reward_wrappers.labelers.base import Labeler, check_goal, check_labeler
 from vlm_reward_wrappers.labelling import RetryPolicy
@@ -13,7 +14,6 @@ from vlm_reward_wrappers.labels import LabelStore
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.offline.datasets import OfflineDataset
 from vlm_reward_wrappers.reward_model import RewardModel
-from vlm_reward_wrappers.sampling import PairSampler
 
 
 class PreferenceRelabeler:
@@ -51,7 +51,7 @@ class PreferenceRelabeler:
         label_store: Optional[LabelStore] = None,
         n_queries: int = 2000,
         reward_image_size: int = 64,
-        sampler: Union[str, PairSampler] = "uniform",
+        sampler: str = "uniform",
         ensemble_size: int = 3,
         epochs: int = 50,
         lr: float = 3e-4,
@@ -82,13 +82,14 @@ class PreferenceRelabeler:
         frames = np.concatenate([
             np.stack([resize_frame(frame, size) for frame in episode.frames[1:]]) for episode in dataset.episodes
         ])
-        model = RewardModel("frame", (size, size, 3), ensemble_size=self.ensemble_size, seed=self.seed)
-        self.learner = learner = PreferenceLearner(
-            self.goal, self.labeler, model, self.store, self.sampler, seed_steps=0, query_every=len(frames),
-            pairs_per_query=self.n_queries, feedback_budget=self.n_queries, epochs_per_update=self.epochs,
-            buffer_capacity=max(2, len(frames)), asynchronous=False, retry=self.retry, reward_lr=self.lr,
-            reward_batch_size=self.batch_size, early_stop_accuracy=self.early_stop_accuracy, seed=self.seed,
+        config = LearnerConfig(
+            reward_image_size=size, ensemble_size=self.ensemble_size, seed_steps=0, query_every=len(frames),
+            pairs_per_query=self.n_queries, feedback_budget=self.n_queries, sampler=self.sampler,
+            buffer_capacity=max(2, len(frames)), epochs_per_update=self.epochs, reward_lr=self.lr,
+            reward_batch_size=self.batch_size, early_stop_accuracy=self.early_stop_accuracy,
         )
+        self.learner = learner = PreferenceLearner(self.goal, self.labeler, config, label_store=self.store,
+                                                   asynchronous=False, retry=self.retry, seed=self.seed)
         learner.observe(frames, dataset.gt_rewards)
         learner.flush()
         metrics = learner.metrics
@@ -97,7 +98,7 @@ class PreferenceRelabeler:
                 f"none of {learner.queries_issued} queries gave a usable preference ({metrics['queries_dropped']} "
                 f"dropped after failures, {metrics['no_preference']} answered -1): no reward model can be trained"
             )
-        rewards = model.fit_normalization(frames)  # over exactly the dataset's frames
+        rewards = learner.reward_model.fit_normalization(frames)  # over exactly the dataset's frames
         return list(np.split(rewards, np.cumsum([len(episode) for episode in dataset.episodes])[:-1]))
 
     @property

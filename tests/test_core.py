@@ -1,0 +1,196 @@
+"""The core's promises: the env loop never waits on training, frozen wrappers send nothing, a saved run
+goes on where it stopped, settings come from one typed config."""
+
+import threading
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from conftest import GOAL, rollout_frames
+from vlm_reward_wrappers import (
+    PRESETS,
+    BackgroundTrainer,
+    BradleyTerryTrainer,
+    LabelStore,
+    LearnerConfig,
+    OracleLabeler,
+    PreferenceLearner,
+    RewardModel,
+    VLMRewardWrapper,
+)
+from vlm_reward_wrappers.labels import frame_hash
+
+
+class BlockedTrainer(BradleyTerryTrainer):
+    """Trains like Bradley-Terry, but only once ``release`` is set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def train(self, dataset, epochs=None):
+        self.entered.set()
+        assert self.release.wait(timeout=60), "the test never released the trainer"
+        return super().train(dataset, epochs)
+
+
+def test_a_step_never_waits_on_reward_model_training():
+    frames, rewards = rollout_frames("vlmrw/CartPoleAngle-v0", 200)
+    model = RewardModel("frame", (64, 64, 3), seed=0)
+    blocked = BlockedTrainer(model.clone(), epochs=2, seed=0)
+    learner = PreferenceLearner(GOAL, OracleLabeler(), reward_model=model, trainer=BackgroundTrainer(model, blocked),
+                                seed_steps=20, query_every=1000, pairs_per_query=10, asynchronous=False, seed=0)
+    before = model.predict(frames[:5])
+    for t in range(60):  # labels of the batch sent at step 20 arrive at step 21: an update starts, and blocks
+        learner.observe(frames[t : t + 1], rewards[t : t + 1])
+    assert blocked.entered.is_set() and learner.trainer.busy
+    # 60 steps went by while the update was stuck; the model they were scored with never changed.
+    assert learner.num_timesteps == 60 and model.version == 0
+    np.testing.assert_array_equal(model.predict(frames[:5]), before)
+    blocked.release.set()
+    learner.trainer._thread.join(timeout=60)
+    learner.observe(frames[60:61], rewards[60:61])  # the next step swaps the trained weights in
+    assert model.version == 1 and not learner.trainer.busy and learner.metrics["reward_model/updates"] == 1
+    assert not np.allclose(model.predict(frames[:5]), before)
+    assert learner.metrics["reward_model/train_cpu_s"] > 0
+    learner.close()
+
+
+def test_bounded_gradient_steps_per_update():
+    frames, rewards = rollout_frames("vlmrw/CartPoleAngle-v0", 100)
+    teacher, model = OracleLabeler(), RewardModel("frame", (64, 64, 3), seed=0)
+    from vlm_reward_wrappers import PreferenceDataset, Query
+
+    dataset = PreferenceDataset()
+    for i, j in np.random.default_rng(0).integers(100, size=(300, 2)):
+        dataset.add(frames[i], frames[j], teacher.label([Query(frames[i], frames[j], rewards[i], rewards[j])], GOAL)[0].preference)
+    trainer = BradleyTerryTrainer(model, batch_size=32, gradient_steps=7, early_stop_accuracy=1.0, seed=0)
+    steps = []
+    original = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
+    trainer.train(dataset)
+    assert len(steps) == 7  # not len(dataset) / 32 x epochs
+
+
+def test_a_frozen_wrapper_scores_with_the_shared_model_and_sends_nothing(cartpole):
+    trained = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0, seed_steps=10, query_every=10,
+                               pairs_per_query=5, asynchronous=False)
+    trained.reset(seed=0)
+    for _ in range(30):
+        trained.step(trained.action_space.sample())
+    assert trained.learner.reward_model.version >= 1
+    frozen = VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=None,
+                              reward_model=trained.learner.reward_model, training=False)
+    frozen.reset(seed=1)
+    for _ in range(30):
+        _, reward, _, _, info = frozen.step(frozen.action_space.sample())
+        assert reward == pytest.approx(float(trained.learner.reward_model.predict(info["vlm_reward_input"][None])[0]))
+    metrics = frozen.learner.metrics
+    assert metrics["queries_issued"] == metrics["queries_sent"] == 0 and frozen.learner.buffer is None
+    with pytest.raises(ValueError, match="without a labeler"):
+        frozen.training = True
+    # A training wrapper can be frozen and thawed, like VecNormalize.
+    trained.training = False
+    issued = trained.learner.queries_issued
+    for _ in range(30):
+        trained.step(trained.action_space.sample())
+    assert trained.learner.queries_issued == issued and trained.learner.num_timesteps == 30
+    trained.training = True
+    for _ in range(30):
+        trained.step(trained.action_space.sample())
+    assert trained.learner.queries_issued > issued
+    trained.close()
+    frozen.close()
+
+
+def test_save_and_load_resume_the_schedule_and_send_no_stored_query(tmp_path):
+    store_path, saved = tmp_path / "labels.sqlite", tmp_path / "learner.pt"
+    settings = dict(seed_steps=20, query_every=30, pairs_per_query=6, feedback_budget=60, asynchronous=False)
+    env = VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL,
+                           labeler=OracleLabeler(), seed=0, label_store=LabelStore(store_path), **settings)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(70):  # queries at steps 20 and 50
+        env.step(env.action_space.sample())
+    env.save(saved)
+    before = env.learner.metrics
+    frames = np.stack([env.learner.buffer.frames[i] for i in range(5)])
+    scores = env.learner.reward_model.predict(frames)
+    env.close()
+    assert before["queries_issued"] == 12 and before["reward_model/updates"] == 2
+
+    class Recording(OracleLabeler):
+        asked = []
+
+        def compare(self, queries, goal):
+            Recording.asked += [frozenset((frame_hash(q.frame_a), frame_hash(q.frame_b))) for q in queries]
+            return super().compare(queries, goal)
+
+    resumed = VLMRewardWrapper.load(saved, gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), Recording(),
+                                    asynchronous=False)
+    learner = resumed.learner
+    np.testing.assert_allclose(learner.reward_model.predict(frames), scores, atol=1e-6)  # the same model
+    assert learner.num_timesteps == 70 and learner.queries_issued == 12 and learner.config.query_every == 30
+    assert learner.metrics["labels_used"] == before["labels_used"] and learner.reward_model.version == 2
+    stored = {frozenset((r.hash_a, r.hash_b)) for r in learner.store.records()}
+    resumed.reset(seed=5)
+    for _ in range(9):  # the next query is due at step 80, ten steps in: the schedule goes on, not over
+        resumed.step(resumed.action_space.sample())
+    assert learner.queries_issued == 12 and not Recording.asked
+    for _ in range(11):
+        resumed.step(resumed.action_space.sample())
+    assert 12 < learner.queries_issued <= 18 and len(Recording.asked) == learner.queries_issued - 12
+    assert not set(Recording.asked) & stored  # nothing answered before is asked again
+    resumed.close()
+
+
+def test_saving_an_in_memory_store_would_lose_labels_and_says_so(tmp_path, cartpole):
+    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler())
+    with pytest.raises(ValueError, match="in-memory store"):
+        env.save(tmp_path / "learner.pt")
+    with pytest.raises(FileNotFoundError, match="no saved learner"):
+        PreferenceLearner.load(tmp_path / "nothing.pt", OracleLabeler())
+    env.close()
+
+
+def test_infos_carry_the_true_episode_return_and_success():
+    env = VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array", max_episode_steps=5),
+                           goal=GOAL, labeler=OracleLabeler(), seed=0)
+    env.reset(seed=0)
+    total = 0.0
+    for t in range(5):
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        total += info["gt_reward"]
+        assert ("gt_episode" in info) == (t == 4)
+    assert info["gt_episode"] == {"r": pytest.approx(total), "l": 5} and truncated
+    env.close()
+
+    class Succeeds(gym.Wrapper):
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            return obs, reward, terminated, truncated, {**info, "success": 1.0}
+
+    env = VLMRewardWrapper(Succeeds(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")), goal=GOAL,
+                           labeler=OracleLabeler())
+    env.reset(seed=0)
+    assert env.step(env.action_space.sample())[-1]["is_success"] is True  # what SB3's EvalCallback reads
+    env.close()
+
+
+def test_settings_come_from_one_typed_config_with_the_papers_presets():
+    assert PRESETS["metaworld"] == LearnerConfig()
+    cartpole = PRESETS["cartpole"]
+    assert (cartpole.query_every, cartpole.pairs_per_query, cartpole.feedback_budget, cartpole.epochs_per_update) == (
+        5000, 50, 10_000, 50)
+    env = VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL,
+                           labeler=OracleLabeler(), config="cartpole", feedback_budget=100)
+    assert env.learner.config == cartpole.replace(feedback_budget=100)
+    env.close()
+    with pytest.raises(TypeError, match="unknown learner settings \\['query_evry'\\]"):
+        LearnerConfig().replace(query_evry=5)
+    with pytest.raises(ValueError, match="unknown preset 'mujoco'"):
+        VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL,
+                         labeler=OracleLabeler(), config="mujoco")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        LearnerConfig(sampler="random")

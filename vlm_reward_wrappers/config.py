@@ -1,0 +1,119 @@
+"""Typed settings of the preference learner and named presets from RL-VLM-F's experiments.
+
+One :class:`LearnerConfig` is read by the wrappers, the CLI and the benchmarks alike, so a run's
+settings have one source. Its defaults are RL-VLM-F's MetaWorld settings; :data:`PRESETS` holds the
+paper's other task families and a short-run preset for minutes-long runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Union
+
+#: Pair selection strategies (:mod:`vlm_reward_wrappers.sampling`).
+SAMPLERS = ("uniform", "disagreement", "entropy")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner queries, labels and trains. Defaults are RL-VLM-F's MetaWorld settings.
+
+    :param reward_input: what the reward model reads: "frame" (RL-VLM-F's CNN) or "observation" (an MLP).
+    :param reward_image_size: side in pixels of the reward model's input frames.
+    :param ensemble_size: reward-model members; the reward is their mean.
+    :param seed_steps: env steps before the first query.
+    :param query_every: env steps between query batches.
+    :param pairs_per_query: pairs sent per batch.
+    :param feedback_budget: the most queries a run may send.
+    :param sampler: pair selection: "uniform" (RL-VLM-F), "disagreement" or "entropy" (BPref).
+    :param buffer_capacity: frames kept to draw pairs from.
+    :param max_pending: the most queries waiting on the labeler before a due batch is skipped
+        (None: twice ``pairs_per_query``).
+    :param epochs_per_update: passes over all labels per reward-model update (RL-VLM-F), with early stop.
+    :param gradient_steps_per_update: if set, each update instead takes this many minibatch steps from
+        the current weights (warm start): its cost no longer grows with the number of labels.
+    :param early_stop_accuracy: an update ends once train accuracy reaches this.
+    :param reward_lr: Adam learning rate of the reward model.
+    :param reward_batch_size: pairs per reward-model gradient step.
+    :param use_soft_labels: train on the labeler's soft labels where it gives them.
+    """
+
+    reward_input: str = "frame"
+    reward_image_size: int = 64
+    ensemble_size: int = 3
+    seed_steps: int = 1000
+    query_every: int = 4000
+    pairs_per_query: int = 40
+    feedback_budget: int = 20_000
+    sampler: str = "uniform"
+    buffer_capacity: int = 20_000
+    max_pending: Optional[int] = None
+    epochs_per_update: int = 10
+    gradient_steps_per_update: Optional[int] = None
+    early_stop_accuracy: float = 0.97
+    reward_lr: float = 3e-4
+    reward_batch_size: int = 64
+    use_soft_labels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reward_input not in ("frame", "observation"):
+            raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, query_every=1, pairs_per_query=1,
+                     feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1)
+        for name, low in least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        if self.gradient_steps_per_update is not None and self.gradient_steps_per_update < 1:
+            raise ValueError(f"gradient_steps_per_update must be at least 1 or None, got {self.gradient_steps_per_update}")
+        if self.max_pending is not None and self.max_pending < self.pairs_per_query:
+            raise ValueError(f"max_pending ({self.max_pending}) must be at least pairs_per_query "
+                             f"({self.pairs_per_query}), or no batch could ever be sent")
+        if not 0.0 < self.early_stop_accuracy <= 1.0:
+            raise ValueError(f"early_stop_accuracy must be in (0, 1], got {self.early_stop_accuracy}")
+        if not self.reward_lr > 0:
+            raise ValueError(f"reward_lr must be positive, got {self.reward_lr}")
+
+    @property
+    def pending_limit(self) -> int:
+        """``max_pending``, or twice ``pairs_per_query`` when unset."""
+        return 2 * self.pairs_per_query if self.max_pending is None else self.max_pending
+
+    def replace(self, **changes: Any) -> "LearnerConfig":
+        """A copy with ``changes``; an unknown name raises a TypeError listing the known ones."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown learner settings {unknown}; the settings are {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+
+#: RL-VLM-F's settings per task family (its appendix and code), and "quick": minutes on 2 CPU cores.
+PRESETS: Dict[str, LearnerConfig] = {
+    "metaworld": LearnerConfig(),
+    "cartpole": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=50, feedback_budget=10_000,
+                              epochs_per_update=50),
+    "cloth": LearnerConfig(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500,
+                           epochs_per_update=25),
+    "rope": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000,
+                          epochs_per_update=30),
+    "quick": LearnerConfig(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=1000,
+                           epochs_per_update=20),
+}
+
+
+def make_config(config: Union[None, str, LearnerConfig] = None, **overrides: Any) -> LearnerConfig:
+    """A :class:`LearnerConfig` from a preset name or a config (default: RL-VLM-F's MetaWorld settings),
+    with ``overrides`` applied."""
+    if config is None:
+        config = PRESETS["metaworld"]
+    elif isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}: choose one of {sorted(PRESETS)} or pass a LearnerConfig")
+        config = PRESETS[config]
+    elif not isinstance(config, LearnerConfig):
+        raise TypeError(f"config must be a preset name or a LearnerConfig, got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,123 @@
+"""An SB3 replay buffer that keeps each transition's reward-model input and relabels every stored reward
+when the reward model changes (PEBBLE's and RL-VLM-F's relabelling, where SB3 samples).
+
+Pass it as ``replay_buffer_class`` of SAC, TD3 or DQN, as imitation's ReplayBufferRewardWrapper is::
+
+    SAC("MlpPolicy", env, replay_buffer_class=RelabelingReplayBuffer)
+
+The wrappers put each step's reward-model input in ``info``; the buffer stores it beside the
+transition, in the slot SB3 writes the transition to, so rewards and inputs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+
+from vlm_reward_wrappers.reward_model import RewardModel
+
+#: Info key of a step's reward-model input (its frame, or its observation), put there by the wrappers.
+REWARD_INPUT_KEY = "vlm_reward_input"
+#: Info key naming the reward model that scored the step (a key of :func:`reward_model_for`).
+REWARD_MODEL_KEY = "vlm_reward_model"
+
+_MODELS: "weakref.WeakValueDictionary[int, RewardModel]" = weakref.WeakValueDictionary()
+
+
+def register_reward_model(model: RewardModel) -> int:
+    """The key under which a buffer finds ``model`` from a step's ``info`` (infos carry keys, not models)."""
+    _MODELS[id(model)] = model
+    return id(model)
+
+
+def reward_model_for(key: int) -> Optional[RewardModel]:
+    """The reward model registered under ``key``, if it is still alive in this process."""
+    return _MODELS.get(key)
+
+
+class RelabelingReplayBuffer(ReplayBuffer):
+    """SB3's :class:`ReplayBuffer` that recomputes every stored reward with the current reward model.
+
+    Each transition's reward-model input (a frame: 64 px are 12 KB; or an observation) is kept in an
+    array grown as the buffer fills and never larger than it (set the algorithm's ``buffer_size`` to
+    bound it). When the reward model's version has changed since the last sample, :meth:`sample`
+    relabels the whole buffer first, in batches of ``relabel_batch_size``.
+
+    Arguments are SB3's, plus:
+
+    :param relabel_batch_size: inputs per reward-model forward pass while relabelling.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: Union[torch.device, str] = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        relabel_batch_size: int = 1024,
+    ) -> None:
+        super().__init__(buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,
+                         handle_timeout_termination)
+        self.relabel_batch_size = relabel_batch_size
+        self.reward_model: Optional[RewardModel] = None
+        self.reward_inputs: Optional[np.ndarray] = None
+        self._version: Optional[int] = None
+        #: Relabelling passes done.
+        self.relabels = 0
+
+    def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
+        if self.reward_model is None:
+            self.reward_model = self._find_model(infos)
+            self._version = self.reward_model.version
+        inputs = np.stack([info[REWARD_INPUT_KEY] for info in infos])
+        if self.reward_inputs is None or self.pos >= len(self.reward_inputs):
+            self._grow(inputs)
+        self.reward_inputs[self.pos] = inputs
+        super().add(obs, next_obs, action, reward, done, infos)
+
+    def sample(self, batch_size: int, env=None):
+        if self.reward_model is not None and self.reward_model.version != self._version:
+            self.relabel()
+        return super().sample(batch_size, env)
+
+    def relabel(self) -> None:
+        """Recompute every stored reward with the current reward model."""
+        size = self.buffer_size if self.full else self.pos
+        self._version = self.reward_model.version
+        if size == 0:
+            return
+        inputs = self.reward_inputs[:size]
+        flat = inputs.reshape(-1, *inputs.shape[2:])
+        self.rewards[:size] = self.reward_model.predict(flat, self.relabel_batch_size).reshape(size, self.n_envs)
+        self.relabels += 1
+
+    def _grow(self, inputs: np.ndarray) -> None:
+        old = 0 if self.reward_inputs is None else len(self.reward_inputs)
+        grown = np.zeros((min(self.buffer_size, max(1024, 2 * old)), *inputs.shape), dtype=inputs.dtype)
+        if old:
+            grown[:old] = self.reward_inputs
+        self.reward_inputs = grown
+
+    @staticmethod
+    def _find_model(infos: List[Dict[str, Any]]) -> RewardModel:
+        key = infos[0].get(REWARD_MODEL_KEY)
+        if key is None or REWARD_INPUT_KEY not in infos[0]:
+            raise ValueError(
+                "RelabelingReplayBuffer needs the env wrapped in VLMRewardWrapper or VLMRewardVecEnvWrapper, "
+                "whose infos carry each step's reward-model input"
+            )
+        model = reward_model_for(key)
+        if model is None:
+            raise ValueError(
+                "the reward model that scored these steps lives in another process: put VLMRewardWrapper "
+                "outside SubprocVecEnv, or use VLMRewardVecEnvWrapper around it"
+            )
+        return model

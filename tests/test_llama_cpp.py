@@ -14,7 +14,13 @@ from conftest import GOAL  # noqa: E402
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers import LabelStore, VLMRewardWrapper  # noqa: E402
 from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
-from vlm_reward_wrappers.labelers import NO_PREFERENCE, ChatPreferenceLabeler, LlamaCppLabeler, Query  # noqa: E402
+from vlm_reward_wrappers.labelers import (  # noqa: E402
+    NO_PREFERENCE,
+    ChatPreferenceLabeler,
+    LlamaCppLabeler,
+    Query,
+    SwapConsistentLabeler,
+)
 from vlm_reward_wrappers.labelers.prompts import parse_preference  # noqa: E402
 from vlm_reward_wrappers.labels import frame_hash  # noqa: E402
 
@@ -193,3 +199,20 @@ def test_the_cli_builds_it_from_its_options(tiny_vlm):
     assert labeler.prompt_version == "rlvlmf-single-stage-v1" and labeler.backend.llama.n_threads == 1
     with pytest.raises(SystemExit, match="--mmproj-path"):
         make_labeler(build_parser().parse_args(["train", "--labeler", "llama", "--model-path", model]))
+
+
+def test_swap_consistency_asks_the_tiny_vlm_both_ways_round(tiny_vlm, query):
+    inner = LlamaCppLabeler(*tiny_vlm, two_stage=False, **FAST)
+    asked = []
+    real = inner.backend.chat
+    inner.backend.chat = lambda messages, max_tokens: (asked.append(messages), real(messages, max_tokens))[1]
+    labeler = SwapConsistentLabeler(inner)
+    try:
+        [answer] = labeler.label([query], GOAL)
+    finally:
+        labeler.close()
+    first, second = ([part["image_url"]["url"] for part in m[0]["content"] if part["type"] == "image_url"] for m in asked)
+    assert len(asked) == 2 and first == second[::-1]  # the same two images, in the other order
+    # The random model's gibberish is no preference in either order: nothing stands.
+    assert answer.preference == NO_PREFERENCE and "[swapped order]" in answer.raw
+    assert labeler.metrics["swap_pairs"] == 1 and labeler.prompt_version == "rlvlmf-single-stage-v1+swap"

@@ -12,6 +12,8 @@ from vlm_reward_wrappers.labelers import (
     OpenAICompatibleLabeler,
     OracleLabeler,
     Query,
+    SimulatedVLMLabeler,
+    SwapConsistentLabeler,
 )
 from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore, PreferenceDataset
@@ -60,6 +62,8 @@ __all__ = [
     "RelabelingReplayBuffer",
     "RetryPolicy",
     "RewardModel",
+    "SimulatedVLMLabeler",
+    "SwapConsistentLabeler",
     "UniformSampler",
     "VLMMetricsCallback",
     "VLMRewardVecEnvWrapper",

@@ -272,7 +272,10 @@ class PreferenceLearner:
         counts = self.service.counts if self.service is not None else dict.fromkeys(
             ("sent", "answered", "cached", "dropped", "failed_calls", "timeouts", "invalid_answers"), 0)
         answered = counts["answered"]
+        # Figures a labeler keeps of its own (SwapConsistentLabeler's position bias, ...).
+        own = getattr(self.labeler, "metrics", None) or {}
         return {
+            **{f"labeler/{name}": value for name, value in own.items()},
             "labels_used": len(self.dataset),
             "labels_resumed": s["labels_resumed"],
             "label_accuracy": s["labels_correct"] / s["labels_compared"] if s["labels_compared"] else float("nan"),

@@ -26,6 +26,8 @@ from vlm_reward_wrappers.labelers.base import (
 from vlm_reward_wrappers.labelers.oracle import OracleLabeler, OracleScoreLabeler
 from vlm_reward_wrappers.labelers.preference import ChatPreferenceLabeler, LlamaCppLabeler, OpenAICompatibleLabeler
 from vlm_reward_wrappers.labelers.scores import ChatScoreLabeler, ScoreLabeler, Window, WindowScores
+from vlm_reward_wrappers.labelers.simulated_vlm import SimulatedVLMLabeler
+from vlm_reward_wrappers.labelers.swap import SwapConsistentLabeler
 
 #: Public names of the optional backends and the module that defines each.
 _LAZY = {
@@ -39,7 +41,7 @@ __all__ = [
     "FIRST", "NO_PREFERENCE", "SECOND", "Answer", "BaseLabeler", "ChatPreferenceLabeler", "ChatScoreLabeler",
     "InvalidAnswerError", "Labeler", "LabelerError", "LabelerRefusedError", "LabelerUnavailableError",
     "LlamaCppLabeler", "OpenAICompatibleLabeler", "OracleLabeler", "OracleScoreLabeler", "Query", "ScoreLabeler",
-    "Window", "WindowScores", *_LAZY,
+    "SimulatedVLMLabeler", "SwapConsistentLabeler", "Window", "WindowScores", *_LAZY,
 ]
 
 

@@ -37,6 +37,13 @@ class LearnerConfig:
     :param reward_lr: Adam learning rate of the reward model.
     :param reward_batch_size: pairs per reward-model gradient step.
     :param use_soft_labels: train on the labeler's soft labels where it gives them.
+    :param query_image_size: longer side in pixels of the query frames kept for the labeler (rendered
+        frames are shrunk to it, never enlarged); None takes the labeler's own ``query_image_size``, and a
+        labeler without one (the simulated teachers) is shown the reward-model inputs.
+    :param query_frame_every: keep the query frame of every this many env steps (of each env); pairs are
+        drawn among those steps. Consecutive frames look alike, and compressing each costs milliseconds.
+    :param query_frame_capacity: the most query frames kept (the newest).
+    :param query_frame_max_bytes: the most bytes of compressed query frames kept (the newest).
     """
 
     reward_input: str = "frame"
@@ -55,6 +62,10 @@ class LearnerConfig:
     reward_lr: float = 3e-4
     reward_batch_size: int = 64
     use_soft_labels: bool = False
+    query_image_size: Optional[int] = None
+    query_frame_every: int = 4
+    query_frame_capacity: int = 2000
+    query_frame_max_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         if self.reward_input not in ("frame", "observation"):
@@ -62,11 +73,14 @@ class LearnerConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, query_every=1, pairs_per_query=1,
-                     feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1)
+                     feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1,
+                     query_frame_every=1, query_frame_capacity=2, query_frame_max_bytes=1)
         for name, low in least.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        if self.query_image_size is not None and self.query_image_size < 16:
+            raise ValueError(f"query_image_size must be at least 16 pixels or None, got {self.query_image_size}")
         if self.gradient_steps_per_update is not None and self.gradient_steps_per_update < 1:
             raise ValueError(f"gradient_steps_per_update must be at least 1 or None, got {self.gradient_steps_per_update}")
         if self.max_pending is not None and self.max_pending < self.pairs_per_query:

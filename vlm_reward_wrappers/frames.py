@@ -1,8 +1,13 @@
-"""Frames: turning rendered images into reward-model inputs, and the ring buffer query pairs are drawn from."""
+"""Frames: reward-model inputs and query frames from rendered images, the ring buffer query pairs are
+drawn from, and the store of the frames a labeler is shown."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import io
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -54,6 +59,8 @@ class FrameBuffer:
         self.gt_rewards = np.full(capacity, np.nan, dtype=np.float64)
         self.pos = 0
         self.full = False
+        #: Entries added so far: entry k (0-based) is in slot k % capacity while k >= added - len(self).
+        self.added = 0
 
     def __len__(self) -> int:
         return self.capacity if self.full else self.pos
@@ -70,6 +77,7 @@ class FrameBuffer:
             self.observations[idx] = observations
         self.full = self.full or self.pos + n >= self.capacity
         self.pos = (self.pos + n) % self.capacity
+        self.added += n
         return idx
 
     def inputs(self, idx: np.ndarray, reward_input: str) -> np.ndarray:
@@ -83,3 +91,77 @@ class FrameBuffer:
     def recent(self, n: int) -> np.ndarray:
         """Indices of the ``n`` newest entries (fewer if the buffer holds fewer), newest first."""
         return (self.pos - 1 - np.arange(min(len(self), n))) % self.capacity
+
+
+def resize_longer_side(frame: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """A frame shrunk (aspect kept) so its longer side is at most ``size`` pixels; never enlarged.
+
+    :param frame: (H, W, 3) uint8 rgb frame.
+    :param size: the longest side allowed; None keeps the frame as it is.
+    """
+    frame = check_frame(frame)
+    height, width = frame.shape[:2]
+    if size is None or max(height, width) <= size:
+        return np.ascontiguousarray(frame)
+    scale = size / max(height, width)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.array(Image.fromarray(np.ascontiguousarray(frame)).resize(shape, Image.Resampling.BOX, reducing_gap=1.5))
+
+
+class QueryFrameStore:
+    """The frames a labeler may be shown, kept apart from the reward model's small inputs.
+
+    Frames are PNG-compressed (lossless) on a background thread, so the env loop only hands over the
+    array. Each is filed under the index of its env step in the learner's :class:`FrameBuffer`; the
+    oldest are dropped once ``capacity`` frames or ``max_bytes`` of compressed data are kept, and a
+    frame whose buffer entry was overwritten is never returned.
+
+    :param capacity: the most frames kept.
+    :param max_bytes: the most compressed bytes kept (the store's memory bound, less a few frames in flight).
+    :param compress_level: PNG compression (1: fastest; all levels are lossless).
+    """
+
+    def __init__(self, capacity: int = 2000, max_bytes: int = 256 * 2**20, compress_level: int = 1) -> None:
+        if capacity < 2 or max_bytes < 1:
+            raise ValueError("a query-frame store needs room for at least 2 frames")
+        self.capacity, self.max_bytes, self.compress_level = capacity, max_bytes, compress_level
+        self._frames: "OrderedDict[int, bytes]" = OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vlm-query-frames")
+        self._in_flight: List[Future] = []
+
+    def add(self, step: int, frame: np.ndarray) -> None:
+        """Keep ``frame`` (copied) as the query frame of buffer entry ``step``."""
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        self._in_flight.append(self._pool.submit(self._encode, step, np.array(frame, dtype=np.uint8)))
+
+    def _encode(self, step: int, frame: np.ndarray) -> None:
+        out = io.BytesIO()
+        Image.fromarray(frame).save(out, format="PNG", compress_level=self.compress_level)
+        data = out.getvalue()
+        with self._lock:
+            self._frames[step] = data
+            self.nbytes += len(data)
+            while len(self._frames) > self.capacity or self.nbytes > self.max_bytes:
+                self.nbytes -= len(self._frames.popitem(last=False)[1])
+
+    def steps(self, oldest: int) -> np.ndarray:
+        """Steps with a query frame, from ``oldest`` on (older buffer entries were overwritten)."""
+        with self._lock:
+            return np.array([step for step in self._frames if step >= oldest], dtype=np.int64)
+
+    def get(self, step: int) -> np.ndarray:
+        """The query frame of ``step``, (H, W, 3) uint8."""
+        with self._lock:
+            data = self._frames[step]
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def flush(self) -> None:
+        """Wait until every frame handed over is stored."""
+        for future in self._in_flight:
+            future.result()
+        self._in_flight = []

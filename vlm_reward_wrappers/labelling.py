@@ -20,7 +20,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from functools import cached_property
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -86,17 +87,29 @@ class LabelJob(abc.ABC):
 class PreferenceJob(LabelJob):
     """A pair of frames to compare, and the reward-model inputs to train on once it is answered.
 
-    :param query: the two frames (as the labeler sees them) and their true rewards.
+    :param source: the two frames as the labeler sees them and their true rewards: a :class:`Query`, or
+        a function returning one, called on a labelling thread (decoding and hashing large query frames
+        are kept off the env loop).
     :param input_a: reward-model input of the first frame; None when it is the frame itself.
     :param input_b: the same for the second frame.
     """
 
-    query: Query
+    source: Union[Query, Callable[[], Query]]
     input_a: Optional[np.ndarray] = None
     input_b: Optional[np.ndarray] = None
 
-    def __post_init__(self) -> None:
-        self.hash_a, self.hash_b = frame_hash(self.query.frame_a), frame_hash(self.query.frame_b)
+    @cached_property
+    def query(self) -> Query:
+        """The two frames and their true rewards."""
+        return self.source if isinstance(self.source, Query) else self.source()
+
+    @cached_property
+    def hash_a(self) -> str:
+        return frame_hash(self.query.frame_a)
+
+    @cached_property
+    def hash_b(self) -> str:
+        return frame_hash(self.query.frame_b)
 
     @property
     def request(self) -> Query:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Union
 
 import numpy as np
 import torch
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
-from vlm_reward_wrappers.frames import FrameBuffer
+from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
 from vlm_reward_wrappers.labels import NO_PREFERENCE, LabelRecord, LabelStore, PreferenceDataset
@@ -98,6 +98,12 @@ class PreferenceLearner:
         self.service = None if labeler is None else LabellingService(labeler, goal, self.store, retry, asynchronous)
         self.dataset = PreferenceDataset(config.use_soft_labels)
         self.buffer: Optional[FrameBuffer] = None
+        #: Longer side of the frames the labeler is shown; None: it is shown the reward-model inputs.
+        self.query_image_size = config.query_image_size or (None if labeler is None else labeler.query_image_size)
+        #: The query frames of recent steps (None when the labeler is shown the reward-model inputs).
+        self.query_frames = None if self.query_image_size is None or labeler is None else QueryFrameStore(
+            config.query_frame_capacity, config.query_frame_max_bytes)
+        self._drawn_steps: Set[FrozenSet[int]] = set()
         self.num_timesteps = 0
         self.queries_issued = 0
         self._next_query_step = config.seed_steps
@@ -117,13 +123,19 @@ class PreferenceLearner:
 
     # ----------------------------------------------------------------------------------------- steps
     def observe(
-        self, frames: np.ndarray, gt_rewards: np.ndarray, observations: Optional[np.ndarray] = None
+        self,
+        frames: np.ndarray,
+        gt_rewards: np.ndarray,
+        observations: Optional[np.ndarray] = None,
+        query_frames: Optional[Sequence[Optional[np.ndarray]]] = None,
     ) -> np.ndarray:
         """Record one env step of each env and return its learned reward.
 
         :param frames: (n_envs, S, S, 3) uint8 frames at the reward model's resolution.
         :param gt_rewards: (n_envs,) the env's own rewards (oracle teacher and metrics only).
         :param observations: (n_envs, D) state observations; needed when the model reads them.
+        :param query_frames: per env, the rendered frame to keep for the labeler, or None; shrunk to
+            :attr:`query_image_size` (never enlarged). Pass them where :meth:`query_frame_due` says so.
         :return: (n_envs,) float32 rewards from the reward model.
         """
         inputs = self.reward_inputs(frames, observations)
@@ -131,10 +143,18 @@ class PreferenceLearner:
             if self.buffer is None:
                 obs_shape = None if self.reward_model.reward_input == "frame" else self.reward_model.input_shape
                 self.buffer = FrameBuffer(self.config.buffer_capacity, frames.shape[1:], obs_shape)
+            if self.query_frames is not None and query_frames is not None:
+                for i, frame in enumerate(query_frames):  # filed under their buffer entries
+                    if frame is not None:
+                        self.query_frames.add(self.buffer.added + i, resize_longer_side(frame, self.query_image_size))
             self.buffer.add(frames, gt_rewards, observations)
             self.num_timesteps += len(frames)
             self.tick()
         return self.reward_model.predict(inputs)
+
+    def query_frame_due(self, env_step: int) -> bool:
+        """Whether the rendered frame of an env's step ``env_step`` (counted per env) should be kept."""
+        return self.training and self.query_frames is not None and env_step % self.config.query_frame_every == 0
 
     def reward_inputs(self, frames: np.ndarray, observations: Optional[np.ndarray] = None) -> np.ndarray:
         """What the reward model reads of a step: the frames, or the observations as float32."""
@@ -201,28 +221,48 @@ class PreferenceLearner:
             self._stats["skipped_batches"] += 1
             logger.warning("labeler is behind (%d queries pending): skipping this query batch", self.service.pending)
             return
-        buffer = self.buffer
+        buffer, store = self.buffer, self.query_frames
+        candidates, step_of = None, None
+        if store is not None:  # pairs are drawn among the steps whose query frame was kept
+            store.flush()  # the last few frames handed over: milliseconds, once a batch
+            steps = store.steps(oldest=buffer.added - len(buffer))
+            if len(steps) < 2:
+                return
+            candidates = steps % buffer.capacity
+            step_of = dict(zip(candidates.tolist(), steps.tolist()))
         jobs: List[PreferenceJob] = []
-        drawn: Set[FrozenSet[str]] = set()
-        # A pair labelled before, or drawn twice (by content), would cost a budget slot for nothing: draw
-        # again, a few rounds at most (a buffer of near-identical frames may not hold n new pairs).
+        drawn: Set[FrozenSet] = set()
+        # A pair labelled before, or drawn twice, would cost a budget slot for nothing: draw again, a few
+        # rounds at most (a buffer of near-identical frames may not hold n new pairs).
         for _ in range(3):
-            a, b = self.sampler.select(buffer, self.reward_model, n - len(jobs), self.rng)
+            a, b = self.sampler.select(buffer, self.reward_model, n - len(jobs), self.rng, candidates)
             for i, j in zip(a, b):
-                # Copies: the ring buffer overwrites its slots while the query waits.
-                query = Query(buffer.frames[i].copy(), buffer.frames[j].copy(), float(buffer.gt_rewards[i]),
-                              float(buffer.gt_rewards[j]))
-                job = PreferenceJob(query)
-                if buffer.observations is not None:
-                    job.input_a, job.input_b = buffer.observations[i].copy(), buffer.observations[j].copy()
-                pair = frozenset((job.hash_a, job.hash_b))
-                if pair not in drawn and pair not in self._labelled_pairs:
-                    drawn.add(pair)
+                job, key = self._job(i, j, step_of)
+                if key not in drawn and key not in self._labelled_pairs and key not in self._drawn_steps:
+                    drawn.add(key)
                     jobs.append(job)
             if len(jobs) == n:
                 break
+        if step_of is not None:
+            self._drawn_steps |= drawn
         self.queries_issued += len(jobs)
         self.service.submit(jobs)
+
+    def _job(self, i: int, j: int, step_of: Optional[Dict[int, int]]):
+        """The query of buffer entries i and j, and the key that tells a pair drawn before."""
+        buffer = self.buffer
+        gt_a, gt_b = float(buffer.gt_rewards[i]), float(buffer.gt_rewards[j])
+        # Copies: the ring buffer overwrites its slots while the query waits.
+        inputs = buffer.inputs(np.array([i, j]), self.reward_model.reward_input).copy()
+        if step_of is None:  # the labeler is shown the reward-model frames
+            job = PreferenceJob(Query(buffer.frames[i].copy(), buffer.frames[j].copy(), gt_a, gt_b))
+            if buffer.observations is not None:
+                job.input_a, job.input_b = inputs
+            return job, frozenset((job.hash_a, job.hash_b))
+        step_a, step_b, store = step_of[i], step_of[j], self.query_frames
+        # Decoded (and hashed) on a labelling thread, not here.
+        job = PreferenceJob(lambda: Query(store.get(step_a), store.get(step_b), gt_a, gt_b), inputs[0], inputs[1])
+        return job, frozenset((step_a, step_b))
 
     def _apply_labels(self) -> None:
         for job, record in self.service.poll():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -11,10 +11,13 @@ from vlm_reward_wrappers.frames import FrameBuffer
 from vlm_reward_wrappers.reward_model import RewardModel
 
 
-def _distinct_pairs(buffer: FrameBuffer, n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """``n`` random index pairs of the buffer, none of two identical frames (RL-VLM-F drops those)."""
-    size = len(buffer)
-    a, b = rng.integers(size, size=n), rng.integers(size, size=n)
+def _distinct_pairs(
+    buffer: FrameBuffer, n: int, rng: np.random.Generator, candidates: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` random index pairs of the buffer (of ``candidates`` if given), none of two identical frames
+    (RL-VLM-F drops those)."""
+    pool = np.arange(len(buffer)) if candidates is None else np.asarray(candidates)
+    a, b = pool[rng.integers(len(pool), size=n)], pool[rng.integers(len(pool), size=n)]
     keep = np.array([not np.array_equal(buffer.frames[i], buffer.frames[j]) for i, j in zip(a, b)], dtype=bool)
     return a[keep], b[keep]
 
@@ -24,16 +27,18 @@ class PairSampler(abc.ABC):
 
     @abc.abstractmethod
     def select(
-        self, buffer: FrameBuffer, model: RewardModel, n_pairs: int, rng: np.random.Generator
+        self, buffer: FrameBuffer, model: RewardModel, n_pairs: int, rng: np.random.Generator,
+        candidates: Optional[np.ndarray] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Return index arrays (a, b) into the buffer, at most ``n_pairs`` long."""
+        """Return index arrays (a, b) into the buffer, at most ``n_pairs`` long, drawn from ``candidates``
+        (buffer indices: those with a query frame) where given."""
 
 
 class UniformSampler(PairSampler):
     """Pairs drawn uniformly from the buffer (RL-VLM-F's choice)."""
 
-    def select(self, buffer, model, n_pairs, rng):
-        return _distinct_pairs(buffer, n_pairs, rng)
+    def select(self, buffer, model, n_pairs, rng, candidates=None):
+        return _distinct_pairs(buffer, n_pairs, rng, candidates)
 
 
 class _ScoredSampler(PairSampler):
@@ -42,8 +47,8 @@ class _ScoredSampler(PairSampler):
     def __init__(self, oversample: int = 10) -> None:
         self.oversample = oversample
 
-    def select(self, buffer, model, n_pairs, rng):
-        a, b = _distinct_pairs(buffer, n_pairs * self.oversample, rng)
+    def select(self, buffer, model, n_pairs, rng, candidates=None):
+        a, b = _distinct_pairs(buffer, n_pairs * self.oversample, rng, candidates)
         r_a = model.member_rewards(buffer.inputs(a, model.reward_input))
         r_b = model.member_rewards(buffer.inputs(b, model.reward_input))
         p_second = 1.0 / (1.0 + np.exp(-(r_b - r_a)))  # (E, n): each member's Bradley-Terry preference

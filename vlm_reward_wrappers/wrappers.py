@@ -17,7 +17,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
-from vlm_reward_wrappers.frames import resize_frame
+from vlm_reward_wrappers.frames import resize_frame, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
@@ -25,6 +25,8 @@ from vlm_reward_wrappers.reward_model import RewardModel
 
 #: Key of the frame that :class:`FrameInfoWrapper` puts in ``info``.
 FRAME_KEY = "vlm_frame"
+#: Key of the query frame (for the labeler) that :class:`FrameInfoWrapper` puts in ``info`` when one is due.
+QUERY_FRAME_KEY = "vlm_query_frame"
 
 
 def _check_render_mode(render_mode: Optional[str], what: str) -> None:
@@ -132,6 +134,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             goal, labeler, env.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, 1)
+        self._env_steps = 0
 
     @property
     def training(self) -> bool:
@@ -150,12 +153,15 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         obs, gt_reward, terminated, truncated, info = self.env.step(action)
-        frames = resize_frame(self.env.render(), self.reward_image_size)[None]
+        rendered = self.env.render()
+        frames = resize_frame(rendered, self.reward_image_size)[None]
         observations = None
         if self.learner.reward_model.reward_input == "observation":
             observations = np.asarray(obs, dtype=np.float32)[None]
         gt = np.array([gt_reward], dtype=np.float64)
-        reward = self.learner.observe(frames, gt, observations)
+        query = [rendered] if self.learner.query_frame_due(self._env_steps) else None
+        self._env_steps += 1
+        reward = self.learner.observe(frames, gt, observations, query)
         self._info.annotate([info], gt, self.learner.reward_inputs(frames, observations), [terminated or truncated])
         return obs, float(reward[0]), terminated, truncated, info
 
@@ -190,10 +196,19 @@ class FrameInfoWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.utils.RecordConstructorArgs.__init__(self, reward_image_size=reward_image_size)
         gym.Wrapper.__init__(self, env)
         self.reward_image_size = reward_image_size
+        #: Set by :class:`VLMRewardVecEnvWrapper` when its labeler is shown query frames: their longer
+        #: side, and every how many steps one is kept (shrunk here, in the worker, before it is sent).
+        self.query_image_size: Optional[int] = None
+        self.query_frame_every = 1
+        self._steps = 0
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info[FRAME_KEY] = resize_frame(self.env.render(), self.reward_image_size)
+        rendered = self.env.render()
+        info[FRAME_KEY] = resize_frame(rendered, self.reward_image_size)
+        if self.query_image_size is not None and self._steps % self.query_frame_every == 0:
+            info[QUERY_FRAME_KEY] = resize_longer_side(rendered, self.query_image_size)
+        self._steps += 1
         return obs, reward, terminated, truncated, info
 
 
@@ -223,6 +238,10 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, self.num_envs)
         self._frames_in_info = all(venv.env_is_wrapped(FrameInfoWrapper))
+        self._env_steps = np.zeros(self.num_envs, dtype=np.int64)
+        if self._frames_in_info and self.learner.query_frames is not None:
+            venv.set_attr("query_image_size", self.learner.query_image_size)
+            venv.set_attr("query_frame_every", self.learner.config.query_frame_every)
         if not self._frames_in_info:
             warnings.warn(
                 "sub-envs are not wrapped in FrameInfoWrapper: frames come from get_images(), so a terminal "
@@ -241,15 +260,19 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         obs, gt_rewards, dones, infos = self.venv.step_wait()
         if self._frames_in_info:
             frames = np.stack([info.pop(FRAME_KEY) for info in infos])
+            query = [info.pop(QUERY_FRAME_KEY, None) for info in infos]
         else:
-            frames = np.stack([resize_frame(image, self.reward_image_size) for image in self.venv.get_images()])
+            images = self.venv.get_images()
+            frames = np.stack([resize_frame(image, self.reward_image_size) for image in images])
+            query = [image if self.learner.query_frame_due(k) else None for image, k in zip(images, self._env_steps)]
+        self._env_steps += 1
         observations = None
         if self.learner.reward_model.reward_input == "observation":
             observations = np.stack([
                 info["terminal_observation"] if done and "terminal_observation" in info else o
                 for o, done, info in zip(obs, dones, infos)
             ]).astype(np.float32)
-        rewards = self.learner.observe(frames, gt_rewards, observations)
+        rewards = self.learner.observe(frames, gt_rewards, observations, query)
         self._info.annotate(infos, gt_rewards, self.learner.reward_inputs(frames, observations), dones)
         return obs, rewards, dones, infos
 

@@ -119,6 +119,9 @@ class BaseLabeler(abc.ABC):
     max_concurrency: int = 1
     #: Changes whenever the prompt changes, so stored answers to an older prompt are not reused.
     prompt_version: str = "none"
+    #: Longer side in pixels of the frames this labeler should be shown (rendered frames are shrunk to
+    #: it, never enlarged); None: it needs nothing beyond the reward model's small inputs.
+    query_image_size: Optional[int] = None
 
     @property
     def labeler_id(self) -> str:

@@ -136,6 +136,8 @@ class CLIPLabeler(Labeler):
 
     batch_size = 64
     prompt_version = "clip-cosine-v1"
+    #: CLIP models read 224 px images; larger frames would only be shrunk by its preprocessing.
+    query_image_size = 224
 
     def __init__(
         self, model_name: Union[str, CLIPEmbedder] = "ViT-B-32", margin: float = 0.0, **clip_kwargs: Any

@@ -36,7 +36,7 @@ class SwapConsistentLabeler(Labeler):
     def __init__(self, inner: Labeler) -> None:
         self.inner = check_labeler(inner)
         self.batch_size = max(1, inner.batch_size // 2) if inner.batch_size > 1 else 1
-        self.max_concurrency = inner.max_concurrency
+        self.max_concurrency, self.query_image_size = inner.max_concurrency, inner.query_image_size
         self.prompt_version = f"{inner.prompt_version}+swap"
         self._lock = threading.Lock()
         self.counts: Dict[str, int] = {"pairs": 0, "both_answered": 0, "inconsistent": 0, "first_twice": 0,

@@ -21,7 +21,8 @@ class PreferenceRelabeler:
     that learns online.
 
     The frame each transition ends in is resized to the reward model's input (what the wrappers
-    reward online) and handed to the learner as one batch of steps; it draws ``n_queries`` pairs with
+    reward online) and handed to the learner as one batch of steps, with the frame itself as the query
+    frame for a labeler that asks for them (a VLM; the simulated teachers are shown the small inputs); it draws ``n_queries`` pairs with
     ``sampler`` (seeded: a rerun draws the same pairs and finds their answers in the label store),
     labels them through the labelling service (answers committed first; failed calls retried, then
     dropped and counted), trains the :class:`RewardModel` ensemble on all of them with the
@@ -87,10 +88,13 @@ class PreferenceRelabeler:
             pairs_per_query=self.n_queries, feedback_budget=self.n_queries, sampler=self.sampler,
             buffer_capacity=max(2, len(frames)), epochs_per_update=self.epochs, reward_lr=self.lr,
             reward_batch_size=self.batch_size, early_stop_accuracy=self.early_stop_accuracy,
+            # A labeler that asks for query frames is shown the dataset's own frames: every one is a candidate.
+            query_frame_every=1, query_frame_capacity=max(2, len(frames)), query_frame_max_bytes=2**62,
         )
         self.learner = learner = PreferenceLearner(self.goal, self.labeler, config, label_store=self.store,
                                                    asynchronous=False, retry=self.retry, seed=self.seed)
-        learner.observe(frames, dataset.gt_rewards)
+        query = [frame for episode in dataset.episodes for frame in episode.frames[1:]]
+        learner.observe(frames, dataset.gt_rewards, query_frames=query)
         learner.flush()
         metrics = learner.metrics
         if metrics["labels_used"] == 0:

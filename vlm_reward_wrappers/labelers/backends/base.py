@@ -79,9 +79,14 @@ class ChatBackend(abc.ABC):
         """Release the model, sessions or connections."""
 
 
+#: Longer side of the query frames kept for a VLM whose backend sets no ``query_image_size``: rendered
+#: frames up to this size are sent as rendered.
+DEFAULT_QUERY_IMAGE_SIZE = 1024
+
+
 class UsesChatBackend:
     """What a protocol asking its questions through a :class:`ChatBackend` shares: the backend, its
-    concurrency as the labeler's, and closing it with the labeler."""
+    concurrency and query-frame size as the labeler's, and closing it with the labeler."""
 
     def __init__(self, backend: ChatBackend) -> None:
         if not isinstance(backend, ChatBackend):
@@ -93,6 +98,10 @@ class UsesChatBackend:
     @property
     def max_concurrency(self) -> int:
         return self.backend.max_concurrency
+
+    @property
+    def query_image_size(self) -> int:
+        return self.backend.query_image_size or DEFAULT_QUERY_IMAGE_SIZE
 
     def close(self) -> None:
         self.backend.close()

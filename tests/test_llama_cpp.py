@@ -216,3 +216,20 @@ def test_swap_consistency_asks_the_tiny_vlm_both_ways_round(tiny_vlm, query):
     # The random model's gibberish is no preference in either order: nothing stands.
     assert answer.preference == NO_PREFERENCE and "[swapped order]" in answer.raw
     assert labeler.metrics["swap_pairs"] == 1 and labeler.prompt_version == "rlvlmf-single-stage-v1+swap"
+
+
+def test_the_audit_runs_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
+    import gymnasium as gym
+
+    from vlm_reward_wrappers.audit import audit, write_report
+
+    env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
+    labeler = LlamaCppLabeler(*tiny_vlm, two_stage=False, query_image_size=96, **FAST)
+    try:
+        result = audit(env, GOAL, labeler, n_pairs=3, seed=0)
+    finally:
+        labeler.close()
+        env.close()
+    # Gibberish answers: all abstentions, each with its raw text, the images at the backend's size.
+    assert result.pairs == 3 and result.abstention_rate == 1.0 and all(item["raw"] for item in result.items)
+    assert result.latency_s_mean > 0 and write_report(result, tmp_path).is_file()

@@ -247,3 +247,14 @@ def test_the_cli_builds_it_from_its_options():
     assert isinstance(backend, OpenAICompatibleBackend)
     assert backend.url == "http://gpu-box:8000/v1/chat/completions" and backend.model == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert backend.query_image_size == 448
+
+
+def test_the_audit_runs_against_a_real_server(start_server, api_key, tmp_path):
+    from vlm_reward_wrappers.audit import audit, write_report
+
+    server = start_server()
+    env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
+    result = audit(env, GOAL, OpenAICompatibleLabeler(server.base_url, "tiny", two_stage=False, **FAST), n_pairs=2)
+    env.close()
+    assert result.pairs == 2 and result.dropped == 0 and result.throughput_per_s > 0
+    assert write_report(result, tmp_path).is_file()

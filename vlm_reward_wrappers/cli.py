@@ -1,5 +1,5 @@
 """Command line: ``vlm-reward train`` trains an SB3 agent on the learned reward and prints its figures;
-``vlm-reward label`` relabels a fixed dataset's rewards with a VLM (offline). The benchmark harness,
+``vlm-reward audit`` measures a labeler on an env's frames before a budget is spent; ``vlm-reward label`` relabels a fixed dataset's rewards with a VLM (offline). The benchmark harness,
 which compares reward sources against the true reward, is ``python benchmarks/run.py``."""
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def make_labeler(args: argparse.Namespace):
 
     if args.labeler == "oracle":
         return labelers.OracleLabeler(mistake_rate=args.mistake_rate, seed=args.seed)
+    if args.labeler == "simulated-vlm":
+        return labelers.SimulatedVLMLabeler(args.target_accuracy, args.position_bias, args.abstain_rate, seed=args.seed)
     if args.labeler in ("llama", "openai"):
         return labelers.ChatPreferenceLabeler(make_backend(args), two_stage=not args.single_stage)
     if args.labeler == "clip":
@@ -111,9 +113,13 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
 def labeler_options() -> argparse.ArgumentParser:
     """The options of :func:`make_labeler`, shared by the commands that label."""
     labeler = argparse.ArgumentParser(add_help=False)
-    labeler.add_argument("--labeler", default="oracle", choices=("oracle", "llama", "openai", "clip"),
-                         help="who answers the queries: the simulated teacher, a local GGUF VLM, a chat server, CLIP")
+    labeler.add_argument("--labeler", default="oracle", choices=("oracle", "simulated-vlm", "llama", "openai", "clip"),
+                         help="who answers the queries: the simulated teacher, a simulated VLM (errs like one), "
+                              "a local GGUF VLM, a chat server, CLIP")
     labeler.add_argument("--mistake-rate", type=float, default=0.0, help="oracle: simulated teacher's error rate")
+    labeler.add_argument("--target-accuracy", type=float, default=0.75, help="simulated-vlm: its label accuracy")
+    labeler.add_argument("--position-bias", type=float, default=0.6, help="simulated-vlm: P(image 1) when guessing")
+    labeler.add_argument("--abstain-rate", type=float, default=0.1, help="simulated-vlm: P(-1) when unsure")
     labeler.add_argument("--model-path", default=None, help="llama: the VLM's GGUF file")
     labeler.add_argument("--mmproj-path", default=None, help="llama: the VLM's vision projector GGUF file")
     labeler.add_argument("--chat-handler", default="auto", help="llama: 'auto' or a llama-cpp-python chat format name")
@@ -160,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+
+    a = sub.add_parser("audit", parents=[labeler],
+                       help="before spending a budget: ask the labeler about pairs of an env's frames and report its "
+                            "accuracy, abstentions, position bias, latency and the budget's time and cost (JSON + HTML)")
+    a.add_argument("--env", default="vlmrw/CartPoleAngle-v0", help="Gymnasium id (rendered as rgb_array)")
+    a.add_argument("--goal", default=None, help="the task in words (default: the registered goal of --env)")
+    a.add_argument("--pairs", type=int, default=50, help="pairs to ask")
+    a.add_argument("--feedback-budget", type=int, default=10_000, help="queries a training run would send")
+    a.add_argument("--cost-per-query", type=float, default=0.0, help="money per query, for the cost estimate")
+    a.add_argument("--swap", action="store_true", help="ask each pair both ways round (position bias, consistency)")
+    a.add_argument("--label-store", default=None, help="sqlite file keeping every answer (resumable)")
+    a.add_argument("--out", default="audit", help="folder for audit.json and audit.html")
+    a.add_argument("--seed", type=int, default=0)
 
     o = sub.add_parser("label", parents=[labeler],
                        help="relabel a Minari dataset's rewards with VLM scores (RG-VLM) or a reward model "
@@ -240,10 +259,31 @@ def label(args: argparse.Namespace) -> Dict[str, float]:
             "wall_s": time.perf_counter() - started}
 
 
+def audit(args: argparse.Namespace) -> Dict[str, float]:
+    """Audit ``args.labeler`` on ``args.env``, write the report to ``args.out``; return its figures."""
+    from vlm_reward_wrappers import audit as audits
+    from vlm_reward_wrappers.envs import goal_for
+    from vlm_reward_wrappers.labels import LabelStore
+
+    env = gym.make(args.env, render_mode="rgb_array")
+    result = audits.audit(env, args.goal or goal_for(args.env), make_labeler(args), n_pairs=args.pairs,
+                          feedback_budget=args.feedback_budget, cost_per_query=args.cost_per_query, swap=args.swap,
+                          label_store=LabelStore(args.label_store) if args.label_store else None, seed=args.seed)
+    env.close()
+    page = audits.write_report(result, args.out)
+    figures = {k: v for k, v in vars(result).items() if k not in ("items", "gap_bins", "labeler_id", "goal")}
+    return {**figures, "report": str(page)}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "audit":
+        figures = audit(args)
+        for name, value in figures.items():
+            print(f"  {name + ':':<26}{value:.3f}" if isinstance(value, float) else f"  {name + ':':<26}{value}")
+        return
     if args.command == "label":
         figures = label(args)
         if args.json:

@@ -1,46 +1,13 @@
 """Several OpenAI-compatible servers behind one labeler: requests spread over them, a dead one skipped."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 
 from conftest import GOAL
+from scripted_server import ScriptedServer
 from vlm_reward_wrappers.labelers import LabelerUnavailableError, OpenAICompatibleLabeler, Query
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore
-
-
-class Server:
-    """A scripted chat-completions server on loopback that answers "1" and counts its requests."""
-
-    def __init__(self):
-        self.requests = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                server.requests += 1
-                payload = json.dumps({"choices": [{"message": {"content": "1"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _jobs(n, seed):
@@ -50,7 +17,7 @@ def _jobs(n, seed):
 
 
 def test_requests_spread_over_servers_and_a_killed_one_loses_no_query():
-    servers = [Server(), Server()]
+    servers = [ScriptedServer(), ScriptedServer()]
     labeler = OpenAICompatibleLabeler([s.url for s in servers], "tiny", two_stage=False, max_concurrency=2,
                                       timeout_s=5, cooldown_s=60)
     service = LabellingService(labeler, GOAL, LabelStore(), RetryPolicy(max_retries=0), asynchronous=False)
@@ -66,7 +33,7 @@ def test_requests_spread_over_servers_and_a_killed_one_loses_no_query():
 
 
 def test_when_every_server_is_down_the_error_names_each():
-    servers = [Server(), Server()]
+    servers = [ScriptedServer(), ScriptedServer()]
     for server in servers:
         server.stop()
     labeler = OpenAICompatibleLabeler([s.url for s in servers], "tiny", two_stage=False, timeout_s=5)

@@ -2,14 +2,11 @@
 
 import base64
 import io
-import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +18,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
 
 from conftest import GOAL  # noqa: E402
+from scripted_server import ScriptedServer  # noqa: E402
 from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers import VLMRewardWrapper  # noqa: E402
 from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
@@ -190,37 +188,17 @@ def test_training_goes_on_when_the_server_stops_mid_run(start_server, api_key):
 
 def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
     """Against a scripted endpoint: what a real server cannot be made to do on cue."""
-    seen, replies = [], iter([(503, {}), (200, {"choices": [{"message": {"content": "Image 2 is closer. 1"}}]})])
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, self.headers.get("Authorization"), body))
-            status, body = next(replies)
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    replies = iter([(503, {}), (200, {"choices": [{"message": {"content": "Image 2 is closer. 1"}}]})])
+    server = ScriptedServer(lambda: next(replies))
     try:
-        labeler = OpenAICompatibleLabeler(
-            f"http://127.0.0.1:{httpd.server_port}/", "my-model", two_stage=False, query_image_size=96,
-            extra_body={"top_k": 1}, **FAST,
-        )
+        labeler = OpenAICompatibleLabeler(server.url.removesuffix("/v1") + "/", "my-model", two_stage=False,
+                                          query_image_size=96, extra_body={"top_k": 1}, **FAST)
         service = _service(labeler)
         service.submit([PreferenceJob(query) for query in _queries(1)])
         [(_, answer)] = service.poll()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        server.stop()
+    seen = server.seen
     assert answer.preference == 1 and answer.raw == "Image 2 is closer. 1" and service.counts["failed_calls"] == 1
     assert len(seen) == 2 and seen[0] == seen[1]  # the 503 was retried with the same request
     path, authorization, body = seen[0]

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import gymnasium as gym
-import numpy as np
 import pytest
 
 from conftest import GOAL

@@ -1,6 +1,5 @@
 import threading
 
-import gymnasium as gym
 import numpy as np
 import pytest
 

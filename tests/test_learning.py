@@ -2,7 +2,6 @@
 
 import gymnasium as gym
 import numpy as np
-import pytest
 from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 

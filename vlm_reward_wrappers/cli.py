@@ -13,7 +13,6 @@ import time
 from typing import Dict, List, Optional
 
 import gymnasium as gym
-import numpy as np
 
 from vlm_reward_wrappers.config import PRESETS
 

@@ -84,6 +84,26 @@ TASKS: Dict[str, TaskConfig] = {
         },
         eval_every={"smoke": 2000, "full": 10_000},
     ),
+    # The same task with PPO, on-policy: the learned reward is scored per step, never relabelled.
+    "cartpole-angle-ppo": TaskConfig(
+        "vlmrw/CartPoleAngle-v0", "PPO",
+        steps={"smoke": 8192, "full": 50_000},
+        learner={
+            "smoke": dict(seed_steps=512, query_every=1024, pairs_per_query=50, feedback_budget=300, epochs_per_update=20),
+            "full": dict(seed_steps=2048, query_every=2048, pairs_per_query=50, feedback_budget=1000, epochs_per_update=20),
+        },
+        eval_every={"smoke": 2048, "full": 5000},
+    ),
+    # Pendulum: SAC's true-reward agent swings up within 15,000 steps (benchmarks/pendulum_sac.py).
+    "pendulum": TaskConfig(
+        "Pendulum-v1", "SAC",
+        steps={"smoke": 3000, "full": 15_000},
+        learner={
+            "smoke": dict(seed_steps=1000, query_every=1000, pairs_per_query=20, feedback_budget=60, epochs_per_update=20),
+            "full": dict(seed_steps=1000, query_every=1000, pairs_per_query=20, feedback_budget=160, epochs_per_update=20),
+        },
+        eval_every={"smoke": 1000, "full": 2500}, algo_kwargs=dict(learning_starts=1000),
+    ),
     "drawer-open": _metaworld("drawer-open"),
     "sweep-into": _metaworld("sweep-into"),
     "soccer": _metaworld("soccer"),
@@ -111,17 +131,28 @@ TASKS: Dict[str, TaskConfig] = {
 #: What the smoke size runs: the tasks and reward sources that fit in minutes on 2 CPU cores.
 SMOKE_TASKS = ("cartpole-angle", "cloth-fold", "drawer-open")
 SIMULATED_SOURCES = ("true", "oracle", "mistake-0.1", "mistake-0.2", "mistake-0.3")
+#: The sources of the full grid: the true reward, the perfect teacher, a teacher that errs like a VLM at
+#: 75% label accuracy, and uniform 20% mistakes.
+FULL_SOURCES = ("true", "oracle", "realistic-0.75", "mistake-0.2")
 
 
 def simulated_labeler(source: str, seed: int) -> Labeler:
-    """The simulated teacher of a reward source: "oracle" or "mistake-<rate>"."""
-    from vlm_reward_wrappers.labelers.oracle import OracleLabeler
+    """The simulated teacher of a reward source: "oracle", "mistake-<rate>" (uniform flips) or
+    "realistic-<accuracy>" (:class:`~vlm_reward_wrappers.labelers.SimulatedVLMLabeler`: errs like a VLM)."""
+    from vlm_reward_wrappers.labelers import OracleLabeler, SimulatedVLMLabeler
 
     if source == "oracle":
         return OracleLabeler(seed=seed)
     if source.startswith("mistake-"):
         return OracleLabeler(mistake_rate=float(source.split("-", 1)[1]), seed=seed)
-    raise ValueError(f"{source!r} is not a simulated teacher: use 'oracle' or 'mistake-<rate>'")
+    if source.startswith("realistic-"):
+        return SimulatedVLMLabeler(target_accuracy=float(source.split("-", 1)[1]), seed=seed)
+    raise ValueError(f"{source!r} is not a simulated teacher: use 'oracle', 'mistake-<rate>' or 'realistic-<accuracy>'")
+
+
+def is_simulated(source: str) -> bool:
+    """Whether a reward source is the true reward or a simulated teacher (no labeler to supply)."""
+    return source in ("true", "oracle") or source.startswith(("mistake-", "realistic-"))
 
 
 class TrueScoreCallback(BaseCallback):
@@ -237,9 +268,6 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
     The curves need matplotlib (the ``plot`` extra); without it the two text files are written and an
     ImportError names the extra."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
 
     def fmt(value, spec=".2f"):
         return "n/a" if value is None else format(value, spec)
@@ -260,12 +288,18 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         )
     lines += ["", "Random actions: " + ", ".join(f"{t} {s:.2f}" for t, s in random.items())]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(summarise(results), indent=1))
     plt = pyplot()
     for task in sorted({r["task"] for r in results}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for r in (r for r in results if r["task"] == task):
-            steps, scores = zip(*r["curve"])
-            ax.plot(steps, scores, marker="o", markersize=3, label=f"{r['source']} (seed {r['seed']})")
+        for source in sorted({r["source"] for r in results if r["task"] == task}):
+            runs = [r for r in results if r["task"] == task and r["source"] == source]
+            steps = [step for step, _ in runs[0]["curve"]]
+            scores = np.array([[score for _, score in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
+            line, = ax.plot(steps, np.median(scores, axis=0), marker="o", markersize=3,
+                            label=f"{source} ({len(scores)} seed{'s' if len(scores) > 1 else ''})")
+            if len(scores) > 1:  # the band: lowest to highest seed
+                ax.fill_between(steps, scores.min(axis=0), scores.max(axis=0), color=line.get_color(), alpha=0.2)
         ax.axhline(random[task], color="grey", linestyle="--", label="random actions")
         ax.set_xlabel("env steps")
         ax.set_ylabel("success rate" if TASKS[task].metric == "success" else "true return")
@@ -274,6 +308,26 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         fig.tight_layout()
         fig.savefig(out / f"{task}.png", dpi=100)
         plt.close(fig)
+
+
+def summarise(results: List[dict]) -> List[dict]:
+    """One entry per (task, algo, source): seeds, median and interquartile range of the normalised final
+    score (None where it is undefined), median queries and median wall seconds."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        groups.setdefault((r["task"], r["algo"], r["source"]), []).append(r)
+    summary = []
+    for (task, algo, source), runs in sorted(groups.items()):
+        norms = [r["final_norm"] for r in runs if r.get("final_norm") is not None]
+        summary.append({
+            "task": task, "algo": algo, "source": source, "n_seeds": len(runs),
+            "median_normalized": float(np.median(norms)) if norms else None,
+            "iqr_normalized": float(np.subtract(*np.percentile(norms, [75, 25]))) if norms else None,
+            "median_final": float(np.median([r["final"] for r in runs])),
+            "median_queries": float(np.median([r["queries"] for r in runs])),
+            "median_wall_s": float(np.median([r["wall_s"] for r in runs])),
+        })
+    return summary
 
 
 def machine_description() -> str:
@@ -290,25 +344,36 @@ def run_benchmark(
     out: Path,
     labelers: Optional[Dict[str, Callable[[], Labeler]]] = None,
 ) -> List[dict]:
-    """Run every task x source x seed, with a progress bar, and write the report to ``out``.
+    """Run every task x source x seed not run yet, with a progress bar, and write the report to ``out``.
+
+    Resumable: each finished run is appended to ``out/results.jsonl`` at once, and a run already there
+    (same task, source, seed and size) is skipped, so the same command finishes a grid over several
+    sittings. The report (results.md, summary.json, curves) covers every run in the file.
 
     :param labelers: factories of real labelers by source name (e.g. "clip", "vlm").
     """
     from tqdm import tqdm
 
     labelers = labelers or {}
-    unknown = [s for s in sources if s not in SIMULATED_SOURCES and s not in labelers]
+    unknown = [s for s in sources if not is_simulated(s) and s not in labelers]
     if unknown:
         raise ValueError(
             f"reward sources {unknown} need a labeler: 'vlm' takes --labeler llama (with --model-path, "
             "--mmproj-path) or --labeler openai (with --base-url); 'clip' takes --clip-checkpoint"
         )
     pyplot()  # a missing matplotlib is reported before the runs, not after them
-    jobs = [(t, s, seed) for t in tasks for seed in seeds for s in sources]
-    results = []
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in done}
+    jobs = [(t, s, seed) for t in tasks for seed in seeds for s in sources if (t, s, seed, size) not in finished]
     for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
         factory = labelers.get(source)
-        results.append(run_one(task, source, seed, size, factory() if factory else None))
+        result = run_one(task, source, seed, size, factory() if factory else None)
+        with open(path, "a") as f:  # at once: a session may end mid-grid
+            f.write(json.dumps(result) + "\n")
+        done.append(result)
+    results = [r for r in done if r["size"] == size and r["task"] in tasks]
     random = {t: random_score(TASKS[t].env_id, TASKS[t].eval_episodes, TASKS[t].metric) for t in tasks}
     normalise(results, random)
     write_report(results, random, out, machine_description())

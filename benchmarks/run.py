@@ -4,9 +4,11 @@
     python benchmarks/run.py --size full --tasks drawer-open --seeds 0 1 2
     python benchmarks/run.py --sources true vlm --labeler llama --model-path vlm.gguf --mmproj-path mmproj.gguf
 
-Reward sources: true, oracle, mistake-<rate> (simulated teachers), 'vlm' (the --labeler given: llama or
-openai) and 'clip' (--clip-checkpoint). Results go to ``benchmarks/results/<size>`` unless ``--out`` says
-otherwise: results.jsonl, results.md and one learning-curve PNG per task (the ``plot`` extra).
+Reward sources: true, oracle, mistake-<rate>, realistic-<accuracy> (simulated teachers), 'vlm' (the
+--labeler given: llama or openai) and 'clip' (--clip-checkpoint). Results go to
+``benchmarks/results/<size>`` unless ``--out`` says otherwise: results.jsonl (appended run by run: rerun
+the same command to finish an interrupted grid), results.md, summary.json (median and IQR over seeds)
+and one learning-curve PNG per task with seed bands (the ``plot`` extra).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smoke: minutes on 2 CPU cores; full: RL-VLM-F's budgets")
     parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(harness.TASKS),
                         help=f"default: {' '.join(harness.SMOKE_TASKS)} (smoke), all (full)")
-    parser.add_argument("--sources", nargs="+", default=list(harness.SIMULATED_SOURCES),
-                        help="true, oracle, mistake-<rate>, and 'vlm' (the --labeler given) or 'clip'")
+    parser.add_argument("--sources", nargs="+", default=None,
+                        help="true, oracle, mistake-<rate>, realistic-<accuracy>, and 'vlm' (the --labeler given) or "
+                             f"'clip' (default: {' '.join(harness.SIMULATED_SOURCES)} (smoke), "
+                             f"{' '.join(harness.FULL_SOURCES)} (full))")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
     return parser
@@ -57,7 +61,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if "clip" in args.sources:
         labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
     out = Path(args.out) if args.out else default_out(args.size)
-    results = harness.run_benchmark(args.size, tasks, args.sources, args.seeds, out, labelers)
+    sources = args.sources or list(harness.SIMULATED_SOURCES if args.size == "smoke" else harness.FULL_SOURCES)
+    results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers)
     print((out / "results.md").read_text())
     return results
 

@@ -29,7 +29,7 @@ def test_benchmark_writes_table_curves_and_normalised_scores(tiny_task, tmp_path
     results = harness.run_benchmark("smoke", [tiny_task], ["true", "mistake-0.3"], [0], tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["source"] for r in lines] == ["true", "mistake-0.3"] == [r["source"] for r in results]
-    truth, noisy = lines
+    truth, noisy = results
     assert truth["final_norm"] == pytest.approx(1.0) and truth["queries"] == 0
     assert noisy["queries"] == 20 and 0.4 < noisy["label_accuracy"] < 0.95  # batches at steps 100 and 200
     assert [step for step, _ in noisy["curve"]] == [0, 128, 256]
@@ -57,7 +57,7 @@ def test_report_without_matplotlib_keeps_the_tables(tiny_task, tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"vlm-reward-wrappers\[plot\]"):
         harness.write_report([result], {tiny_task: -50.0}, tmp_path, "test machine")
-    assert (tmp_path / "results.jsonl").is_file() and "| tiny | true | PPO |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "summary.json").is_file() and "| tiny | true | PPO |" in (tmp_path / "results.md").read_text()
 
 
 def test_run_writes_under_the_benchmarks_folder_by_default_and_prints_the_table(tiny_task, tmp_path, capsys):
@@ -79,3 +79,36 @@ def test_the_package_needs_no_plotting_library():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_task, tmp_path, monkeypatch):
+    def fake_run(task, source, seed, size, labeler=None):
+        final = {"true": -10.0, "oracle": -20.0 - seed}[source]
+        return {"task": task, "env_id": "x", "source": source, "algo": "PPO", "seed": seed, "size": size,
+                "steps": 256, "metric": "return", "curve": [[0, -50.0], [256, final]], "final": final,
+                "auc": final, "wall_s": 10.0 + seed, "env_steps_per_s": 1.0, "queries": 30 if source != "true" else 0,
+                "labels_used": 0, "label_accuracy": None}
+
+    monkeypatch.setattr(harness, "random_score", lambda *args: -50.0)
+    monkeypatch.setattr(harness, "run_one", fake_run)
+    harness.run_benchmark("smoke", [tiny_task], ["true", "oracle"], [0, 1], tmp_path)
+    first = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(first) == 4
+    # A second sitting adds a seed: only its two runs are run; the file keeps every earlier line.
+    ran = []
+    monkeypatch.setattr(harness, "run_one", lambda *args: ran.append(args[:3]) or fake_run(*args))
+    harness.run_benchmark("smoke", [tiny_task], ["true", "oracle"], [0, 1, 2], tmp_path)
+    assert ran == [(tiny_task, "true", 2), (tiny_task, "oracle", 2)]
+    assert (tmp_path / "results.jsonl").read_text().splitlines()[:4] == first
+    summary = {s["source"]: s for s in json.loads((tmp_path / "summary.json").read_text())}
+    oracle = summary["oracle"]
+    # normalised: (final - random) / (true - random) = (30 - seed) / 40 for seeds 0, 1, 2
+    assert oracle["n_seeds"] == 3 and oracle["median_normalized"] == pytest.approx(29 / 40)
+    assert oracle["iqr_normalized"] == pytest.approx(1 / 40) and oracle["median_queries"] == 30
+    assert oracle["median_wall_s"] == 11.0 and summary["true"]["median_normalized"] == 1.0
+
+
+def test_realistic_teacher_is_a_simulated_source():
+    assert harness.is_simulated("realistic-0.75") and not harness.is_simulated("vlm")
+    teacher = harness.simulated_labeler("realistic-0.75", seed=0)
+    assert teacher.target_accuracy == 0.75

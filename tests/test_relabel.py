@@ -74,3 +74,19 @@ def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(c
 def test_the_buffer_needs_a_vlm_wrapper(cartpole):
     with pytest.raises(ValueError, match="needs the env wrapped in VLMRewardWrapper"):
         SAC("MlpPolicy", cartpole, learning_starts=10, replay_buffer_class=RelabelingReplayBuffer).learn(5)
+
+
+def test_a_saved_and_loaded_buffer_relabels_with_the_live_model(cartpole, tmp_path):
+    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0, seed_steps=50, query_every=50,
+                           pairs_per_query=10, asynchronous=False)
+    model = SAC("MlpPolicy", env, learning_starts=20, buffer_size=1000, seed=0, replay_buffer_class=RelabelingReplayBuffer)
+    model.learn(120)
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+    model.load_replay_buffer(tmp_path / "buffer.pkl")
+    buffer = model.replay_buffer
+    assert buffer.reward_model is None and buffer.pos == 120  # the model was not pickled with it
+    model.learn(10, reset_num_timesteps=False)
+    assert buffer.reward_model is env.learner.reward_model
+    expected = env.learner.reward_model.predict(buffer.reward_inputs[: buffer.pos, 0])
+    np.testing.assert_allclose(buffer.rewards[: buffer.pos, 0], expected, atol=1e-5)
+    env.close()

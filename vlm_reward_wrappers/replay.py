@@ -73,10 +73,20 @@ class RelabelingReplayBuffer(ReplayBuffer):
         #: Relabelling passes done.
         self.relabels = 0
 
+    def __getstate__(self) -> dict:
+        # SB3's save_replay_buffer pickles the buffer: the stored inputs go with it, the reward model does
+        # not (a copy would go stale); the next add finds the live one again.
+        state = dict(self.__dict__)
+        state["reward_model"], state["_version"] = None, None
+        return state
+
     def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
         if self.reward_model is None:
             self.reward_model = self._find_model(infos)
-            self._version = self.reward_model.version
+            if self._version is None and self.pos + self.full:  # loaded from a file: score it all anew
+                self._version = -1
+            else:
+                self._version = self.reward_model.version
         inputs = np.stack([info[REWARD_INPUT_KEY] for info in infos])
         if self.reward_inputs is None or self.pos >= len(self.reward_inputs):
             self._grow(inputs)

@@ -23,15 +23,17 @@ from vlm_reward_wrappers.labels import frame_hash
 
 
 class BlockedTrainer(BradleyTerryTrainer):
-    """Trains like Bradley-Terry, but only once ``release`` is set."""
+    """Trains like Bradley-Terry; from its second update on, only once ``release`` is set."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.entered, self.release = threading.Event(), threading.Event()
+        self.entered, self.release, self.calls = threading.Event(), threading.Event(), 0
 
     def train(self, dataset, epochs=None):
-        self.entered.set()
-        assert self.release.wait(timeout=60), "the test never released the trainer"
+        self.calls += 1
+        if self.calls > 1:
+            self.entered.set()
+            assert self.release.wait(timeout=60), "the test never released the trainer"
         return super().train(dataset, epochs)
 
 
@@ -40,18 +42,26 @@ def test_a_step_never_waits_on_reward_model_training():
     model = RewardModel("frame", (64, 64, 3), seed=0)
     blocked = BlockedTrainer(model.clone(), epochs=2, seed=0)
     learner = PreferenceLearner(GOAL, OracleLabeler(), reward_model=model, trainer=BackgroundTrainer(model, blocked),
-                                seed_steps=20, query_every=1000, pairs_per_query=10, asynchronous=False, seed=0)
-    before = model.predict(frames[:5])
-    for t in range(60):  # labels of the batch sent at step 20 arrive at step 21: an update starts, and blocks
+                                seed_steps=20, query_every=20, pairs_per_query=10, feedback_budget=20, seed=0)
+    # The first update (labels of step 20) is waited for: before it there is no reward to learn from.
+    for t in range(39):
         learner.observe(frames[t : t + 1], rewards[t : t + 1])
-    assert blocked.entered.is_set() and learner.trainer.busy
-    # 60 steps went by while the update was stuck; the model they were scored with never changed.
-    assert learner.num_timesteps == 60 and model.version == 0
+    assert learner.flush(timeout=60) and model.version == 1
+    before = model.predict(frames[:5])
+    # The second batch (sent at step 40): its update starts and blocks on the trainer's thread.
+    for t in range(39, 100):
+        learner.observe(frames[t : t + 1], rewards[t : t + 1])
+        if blocked.entered.is_set():
+            break
+    assert blocked.entered.wait(timeout=60) and learner.trainer.busy
+    for t in range(100, 160):  # 60 more steps while the update is stuck: none waits, the model never changes
+        learner.observe(frames[t : t + 1], rewards[t : t + 1])
+    assert learner.num_timesteps >= 100 and model.version == 1 and learner.trainer.busy
     np.testing.assert_array_equal(model.predict(frames[:5]), before)
     blocked.release.set()
     learner.trainer._thread.join(timeout=60)
-    learner.observe(frames[60:61], rewards[60:61])  # the next step swaps the trained weights in
-    assert model.version == 1 and not learner.trainer.busy and learner.metrics["reward_model/updates"] == 1
+    learner.observe(frames[160:161], rewards[160:161])  # the next step swaps the trained weights in
+    assert model.version == 2 and not learner.trainer.busy and learner.metrics["reward_model/updates"] == 2
     assert not np.allclose(model.predict(frames[:5]), before)
     assert learner.metrics["reward_model/train_cpu_s"] > 0
     learner.close()

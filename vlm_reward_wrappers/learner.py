@@ -176,6 +176,10 @@ class PreferenceLearner:
         enough = self._new_labels >= self.config.pairs_per_query or self.service.pending == 0
         if self._new_labels and enough and not self.trainer.busy:
             self._start_update()
+            if self.reward_model.version == 0:
+                # Before the first model the reward is noise an agent would only learn from: that one
+                # update is waited for (seconds at most, on a first batch of labels); later ones never are.
+                self._finish_update(self.trainer.wait())
         self._finish_update(self.trainer.poll())  # a synchronous update is swapped in at once
         if self.num_timesteps >= self._next_query_step and self.buffer is not None and len(self.buffer) >= 2:
             self._next_query_step = self.num_timesteps + self.config.query_every

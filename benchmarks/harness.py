@@ -33,7 +33,7 @@ class TaskConfig:
     :param env_id: Gymnasium id, rendered as rgb_array for learned rewards.
     :param algo: SB3 algorithm name.
     :param steps: env steps per size.
-    :param learner: PreferenceLearner settings per size (RL-VLM-F's budgets for "full").
+    :param learner: PreferenceLearner settings per size ("full": RL-VLM-F's presets, ``config=<preset>``).
     :param eval_every: env steps between evaluations, per size.
     :param eval_episodes: episodes per evaluation.
     :param metric: "return" (true return) or "success" (fraction of episodes with info["success"]).
@@ -56,7 +56,7 @@ def _metaworld(task: str) -> TaskConfig:
         steps={"smoke": 1000, "full": 1_000_000},
         learner={
             "smoke": dict(seed_steps=250, query_every=250, pairs_per_query=40, feedback_budget=160, epochs_per_update=10),
-            "full": dict(seed_steps=10_000, query_every=4000, pairs_per_query=40, feedback_budget=20_000, epochs_per_update=10),
+            "full": dict(config="metaworld", seed_steps=10_000),
         },
         eval_every={"smoke": 500, "full": 20_000}, eval_episodes=3, metric="success",
         algo_kwargs=dict(learning_starts=500),
@@ -70,7 +70,7 @@ TASKS: Dict[str, TaskConfig] = {
         steps={"smoke": 5000, "full": 500_000},
         learner={
             "smoke": dict(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=250, epochs_per_update=20),
-            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=50, feedback_budget=10_000, epochs_per_update=50),
+            "full": dict(config="cartpole"),
         },
         eval_every={"smoke": 1000, "full": 10_000}, algo_kwargs=dict(learning_starts=500),
     ),
@@ -80,7 +80,7 @@ TASKS: Dict[str, TaskConfig] = {
         steps={"smoke": 10_000, "full": 500_000},
         learner={
             "smoke": dict(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=500, epochs_per_update=20),
-            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=50, feedback_budget=10_000, epochs_per_update=50),
+            "full": dict(config="cartpole"),
         },
         eval_every={"smoke": 2000, "full": 10_000},
     ),
@@ -113,7 +113,7 @@ TASKS: Dict[str, TaskConfig] = {
         steps={"smoke": 200, "full": 15_000},
         learner={
             "smoke": dict(seed_steps=50, query_every=50, pairs_per_query=25, feedback_budget=125, epochs_per_update=25),
-            "full": dict(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500, epochs_per_update=25),
+            "full": dict(config="cloth"),
         },
         eval_every={"smoke": 50, "full": 1000}, eval_episodes=10, algo_kwargs=dict(learning_starts=50),
     ),
@@ -122,7 +122,7 @@ TASKS: Dict[str, TaskConfig] = {
         steps={"smoke": 500, "full": 600_000},
         learner={
             "smoke": dict(seed_steps=100, query_every=100, pairs_per_query=25, feedback_budget=125, epochs_per_update=30),
-            "full": dict(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000, epochs_per_update=30),
+            "full": dict(config="rope"),
         },
         eval_every={"smoke": 100, "full": 10_000}, algo_kwargs=dict(learning_starts=100),
     ),

@@ -58,10 +58,10 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     labelers = {}
     if args.labeler in ("llama", "openai"):
         labelers["vlm"] = lambda: make_labeler(args)
-    if "clip" in args.sources:
+    sources = args.sources or list(harness.SIMULATED_SOURCES if args.size == "smoke" else harness.FULL_SOURCES)
+    if "clip" in sources:
         labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
     out = Path(args.out) if args.out else default_out(args.size)
-    sources = args.sources or list(harness.SIMULATED_SOURCES if args.size == "smoke" else harness.FULL_SOURCES)
     results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers)
     print((out / "results.md").read_text())
     return results

@@ -13,13 +13,15 @@ EXTRAS = {
     "mujoco": ["mujoco==3.3.*"],
     "metaworld": ["metaworld>=3.1.1", "mujoco==3.3.*"],
     "offline": ["minari[hdf5]>=0.5.4"],
+    # The label browser (vlm-reward inspect) and the human labeler's page.
+    "web": ["fastapi>=0.110", "uvicorn>=0.29"],
     # Learning curves of the benchmarks (benchmarks/run.py, benchmarks/imitation_compare.py).
     "plot": ["matplotlib"],
 }
 # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
 EXTRAS["bench"] = ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0", *EXTRAS["plot"]]
 EXTRAS["dev"] = sorted(
-    {"pytest>=8", "gguf>=0.19.0", *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["bench"],
+    {"pytest>=8", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["bench"],
      *EXTRAS["plot"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

@@ -28,6 +28,7 @@ from vlm_reward_wrappers.labelers.swap import SwapConsistentLabeler
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
 from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, LabelStore
 from vlm_reward_wrappers.metrics import gt_preference
+from vlm_reward_wrappers.web.pages import page, pair_card
 
 
 @dataclass
@@ -186,7 +187,6 @@ def _fmt(value, spec=".3f") -> str:
 
 
 def _html(data: dict) -> str:
-    names = {0: "image 1", 1: "image 2", -1: "no preference", None: "dropped"}
     figures = [("pairs", data["pairs"], "d"), ("answered", data["answered"], "d"),
                ("label_accuracy", data["label_accuracy"], ".3f"), ("abstention_rate", data["abstention_rate"], ".3f"),
                ("first_image_rate", data["first_image_rate"], ".3f"),
@@ -200,16 +200,11 @@ def _html(data: dict) -> str:
         f"<tr><td>{b['gap_low']:.2f} - {b['gap_high']:.2f}</td><td>{b['pairs']}</td>"
         f"<td class='bin-accuracy'>{_fmt(b['label_accuracy'])}</td></tr>" for b in data["gap_bins"])
     pairs = "".join(
-        f"<div class='pair {'wrong' if it['answer'] not in (None, -1, it['true_answer']) else ''}'>"
-        f"<img src='{it['frame_a']}' alt='image 1'><img src='{it['frame_b']}' alt='image 2'>"
-        f"<p>answer: <b class='answer'>{names[it['answer']]}</b>; true: <b>{names[it['true_answer']]}</b> "
-        f"(rewards {it['gt_reward_a']:.3f} / {it['gt_reward_b']:.3f}, gap {it['relative_gap']:.2f} sd)</p>"
-        f"<pre>{html.escape(it['raw'])}</pre></div>" for it in data["items"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Labeler audit</title><style>
-body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
-.pair{{display:inline-block;width:46%;margin:8px;vertical-align:top;border:1px solid #ddd;padding:6px}}
-.pair img{{max-width:48%;margin-right:2%}} .wrong{{background:#fee}} pre{{white-space:pre-wrap;font-size:11px}}
-</style></head><body><h1>Labeler audit</h1><p>{html.escape(data['labeler_id'])}<br>goal: {html.escape(data['goal'])}</p>
+        pair_card(it["frame_a"], it["frame_b"], it["answer"], None if it["true_answer"] == NO_PREFERENCE else it["true_answer"],
+                  [("rewards", f"{it['gt_reward_a']:.3f} / {it['gt_reward_b']:.3f}"), ("gap", f"{it['relative_gap']:.2f} sd")],
+                  it["raw"])
+        for it in data["items"])
+    return page("Labeler audit", f"""<h1>Labeler audit</h1><p>{html.escape(data['labeler_id'])}<br>goal: {html.escape(data['goal'])}</p>
 <table id="figures">{rows}</table><h2>Label accuracy by true-reward gap (standard deviations)</h2>
 <table id="bins"><tr><th>gap</th><th>pairs</th><th>label accuracy</th></tr>{bins}</table>
-<h2>Pairs, as the labeler saw them</h2>{pairs}</body></html>"""
+<h2>Pairs, as the labeler saw them</h2>{pairs}""")

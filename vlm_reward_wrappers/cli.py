@@ -1,5 +1,7 @@
 """Command line: ``vlm-reward train`` trains an SB3 agent on the learned reward and prints its figures;
-``vlm-reward audit`` measures a labeler on an env's frames before a budget is spent; ``vlm-reward label`` relabels a fixed dataset's rewards with a VLM (offline). The benchmark harness,
+``vlm-reward audit`` measures a labeler on an env's frames before a budget is spent; ``vlm-reward label``
+relabels a fixed dataset's rewards with a VLM (offline); ``vlm-reward inspect`` serves a label store's
+browser. The benchmark harness,
 which compares reward sources against the true reward, is ``python benchmarks/run.py``."""
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def make_labeler(args: argparse.Namespace):
         return labelers.SimulatedVLMLabeler(args.target_accuracy, args.position_bias, args.abstain_rate, seed=args.seed)
     if args.labeler in ("llama", "openai"):
         return labelers.ChatPreferenceLabeler(make_backend(args), two_stage=not args.single_stage)
+    if args.labeler == "human":
+        from vlm_reward_wrappers.labelers.human import HumanLabeler
+
+        labeler = HumanLabeler(args.human_host, args.human_port, args.human_token)
+        print(f"label pairs in a browser at {labeler.url}", file=sys.stderr, flush=True)
+        return labeler
     if args.labeler == "clip":
         return labelers.CLIPLabeler(
             args.clip_model, margin=args.clip_margin, checkpoint_path=args.clip_checkpoint,
@@ -112,9 +120,9 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
 def labeler_options() -> argparse.ArgumentParser:
     """The options of :func:`make_labeler`, shared by the commands that label."""
     labeler = argparse.ArgumentParser(add_help=False)
-    labeler.add_argument("--labeler", default="oracle", choices=("oracle", "simulated-vlm", "llama", "openai", "clip"),
+    labeler.add_argument("--labeler", default="oracle", choices=("oracle", "simulated-vlm", "llama", "openai", "clip", "human"),
                          help="who answers the queries: the simulated teacher, a simulated VLM (errs like one), "
-                              "a local GGUF VLM, a chat server, CLIP")
+                              "a local GGUF VLM, a chat server, CLIP, people in a browser")
     labeler.add_argument("--mistake-rate", type=float, default=0.0, help="oracle: simulated teacher's error rate")
     labeler.add_argument("--target-accuracy", type=float, default=0.75, help="simulated-vlm: its label accuracy")
     labeler.add_argument("--position-bias", type=float, default=0.6, help="simulated-vlm: P(image 1) when guessing")
@@ -137,11 +145,15 @@ def labeler_options() -> argparse.ArgumentParser:
     labeler.add_argument("--clip-checkpoint", default=None, help="clip: local weights file")
     labeler.add_argument("--clip-pretrained", default=None, help="clip: open_clip weight tag (downloads)")
     labeler.add_argument("--clip-margin", type=float, default=0.0, help="clip: similarity differences answered -1")
+    labeler.add_argument("--human-host", default="127.0.0.1",
+                         help="human: address of the labelling page (anything but loopback needs the access token)")
+    labeler.add_argument("--human-port", type=int, default=8765, help="human: port of the labelling page")
+    labeler.add_argument("--human-token", default=None, help="human: access token (default: random off loopback)")
     return labeler
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``vlm-reward``: the ``train`` and ``label`` commands."""
+    """The parser of ``vlm-reward``: the ``train``, ``audit``, ``label`` and ``inspect`` commands."""
     parser = argparse.ArgumentParser(prog="vlm-reward", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     labeler = labeler_options()
@@ -208,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--threads", type=int, default=1, help="torch threads")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+
+    i = sub.add_parser("inspect", help="browse a label store: every pair as the labeler saw it, its answer and the "
+                                       "true one, filters, label accuracy over time")
+    i.add_argument("store", help="the label store's sqlite file")
+    i.add_argument("--host", default="127.0.0.1", help="address to serve on (anything but loopback needs the token)")
+    i.add_argument("--port", type=int, default=8766)
+    i.add_argument("--token", default=None, help="access token (default: random off loopback)")
     return parser
 
 
@@ -278,6 +297,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "inspect":
+        from vlm_reward_wrappers.web.inspect import serve_inspect
+
+        server = serve_inspect(args.store, args.host, args.port, args.token)
+        print(f"browsing {args.store} at {server.url} (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            server.close()
+        return
     if args.command == "audit":
         figures = audit(args)
         for name, value in figures.items():

@@ -125,8 +125,10 @@ class PreferenceJob(LabelJob):
         return store.lookup(self.hash_a, self.hash_b, goal, labeler.labeler_id, labeler.prompt_version)
 
     def commit(self, store, goal, labeler, answer, latency_s):
+        query = self.query
         record = LabelRecord(self.hash_a, self.hash_b, goal, labeler.labeler_id, labeler.prompt_version,
-                             answer.preference, answer.soft, answer.raw, latency_s)
+                             answer.preference, answer.soft, answer.raw, latency_s,
+                             gt_reward_a=query.gt_reward_a, gt_reward_b=query.gt_reward_b)
         store.add(record, self.query.frame_a, self.query.frame_b, self.input_a, self.input_b)
         return record
 

@@ -50,13 +50,15 @@ def frame_hash(frame: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _encode(array: np.ndarray) -> bytes:
+def encode_array(array: np.ndarray) -> bytes:
+    """An array as the label store keeps it: dtype, shape and zlib-compressed bytes."""
     array = np.ascontiguousarray(array)
     header = f"{array.dtype.str};{','.join(map(str, array.shape))};".encode()
     return header + zlib.compress(array.tobytes(), 6)
 
 
-def _decode(blob: bytes) -> np.ndarray:
+def decode_array(blob: bytes) -> np.ndarray:
+    """The array :func:`encode_array` wrote."""
     dtype, shape, data = blob.split(b";", 2)
     dims = tuple(int(d) for d in shape.decode().split(",") if d)
     return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype.decode())).reshape(dims)
@@ -64,7 +66,12 @@ def _decode(blob: bytes) -> np.ndarray:
 
 @dataclass
 class LabelRecord:
-    """One answered query as kept in the :class:`LabelStore`."""
+    """One answered query as kept in the :class:`LabelStore`.
+
+    ``gt_reward_a`` and ``gt_reward_b`` are the true rewards of the two frames where the env gave them
+    (None otherwise): never shown to the labeler, kept so the answer can be checked later (``vlm-reward
+    inspect``).
+    """
 
     hash_a: str
     hash_b: str
@@ -76,6 +83,8 @@ class LabelRecord:
     raw: str = ""
     latency_s: float = 0.0
     created: float = field(default_factory=time.time)
+    gt_reward_a: Optional[float] = None
+    gt_reward_b: Optional[float] = None
 
 
 _SCHEMA = """
@@ -96,6 +105,8 @@ CREATE TABLE IF NOT EXISTS labels (
     raw TEXT NOT NULL,
     latency_s REAL NOT NULL,
     created REAL NOT NULL,
+    gt_reward_a REAL,
+    gt_reward_b REAL,
     UNIQUE (hash_a, hash_b, goal, labeler_id, prompt_version)
 );
 CREATE TABLE IF NOT EXISTS window_scores (
@@ -113,6 +124,10 @@ CREATE TABLE IF NOT EXISTS window_scores (
     UNIQUE (window_hash, goal, labeler_id, prompt_version)
 );
 """
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def window_hash(frame_hashes: Sequence[str], actions: str) -> str:
@@ -172,6 +187,7 @@ class LabelStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
             self._check_schema()
+            self._add_missing_columns()
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise ValueError(
@@ -185,6 +201,13 @@ class LabelStore:
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if expected not in columns:
                 raise sqlite3.DatabaseError(f"its table {table!r} has no column {expected!r}")
+
+    def _add_missing_columns(self) -> None:
+        """Stores written before the true rewards were kept gain their (empty) columns."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(labels)")}
+        for column in ("gt_reward_a", "gt_reward_b"):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE labels ADD COLUMN {column} REAL")
 
     def __len__(self) -> int:
         with self._lock:
@@ -200,15 +223,15 @@ class LabelStore:
     ) -> None:
         """Commit one answer and both its frames (and reward-model inputs, if not the frames)."""
         rows = [
-            (record.hash_a, _encode(frame_a), None if input_a is None else _encode(input_a)),
-            (record.hash_b, _encode(frame_b), None if input_b is None else _encode(input_b)),
+            (record.hash_a, encode_array(frame_a), None if input_a is None else encode_array(input_a)),
+            (record.hash_b, encode_array(frame_b), None if input_b is None else encode_array(input_b)),
         ]
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO frames VALUES (?, ?, ?)", rows)
             self._db.execute(
                 "INSERT OR REPLACE INTO labels (hash_a, hash_b, goal, labeler_id, prompt_version, preference,"
-                " soft, raw, latency_s, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " soft, raw, latency_s, created, gt_reward_a, gt_reward_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.hash_a,
                     record.hash_b,
@@ -220,6 +243,8 @@ class LabelStore:
                     record.raw,
                     record.latency_s,
                     record.created,
+                    _finite_or_none(record.gt_reward_a),
+                    _finite_or_none(record.gt_reward_b),
                 ),
             )
 
@@ -229,18 +254,21 @@ class LabelStore:
         """The stored answer to this query, with the pair in either order (the answer flipped to match)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT hash_a, preference, soft, raw, latency_s, created FROM labels WHERE goal = ? AND"
+                "SELECT hash_a, preference, soft, raw, latency_s, created, gt_reward_a, gt_reward_b FROM labels"
+                " WHERE goal = ? AND"
                 " labeler_id = ? AND prompt_version = ? AND ((hash_a = ? AND hash_b = ?) OR (hash_a = ? AND"
                 " hash_b = ?)) LIMIT 1",
                 (goal, labeler_id, prompt_version, hash_a, hash_b, hash_b, hash_a),
             ).fetchall()
         if not rows:
             return None
-        stored_a, preference, soft, raw, latency_s, created = rows[0]
+        stored_a, preference, soft, raw, latency_s, created, gt_a, gt_b = rows[0]
         if stored_a != hash_a:
             preference = preference if preference == NO_PREFERENCE else 1 - preference
             soft = None if soft is None else 1.0 - soft
-        return LabelRecord(hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created)
+            gt_a, gt_b = gt_b, gt_a
+        return LabelRecord(hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created,
+                           gt_a, gt_b)
 
     def records(
         self, goal: Optional[str] = None, labeler_id: Optional[str] = None, prompt_version: Optional[str] = None
@@ -254,8 +282,8 @@ class LabelStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(
-                "SELECT hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created"
-                f" FROM labels {where} ORDER BY id",
+                "SELECT hash_a, hash_b, goal, labeler_id, prompt_version, preference, soft, raw, latency_s, created,"
+                f" gt_reward_a, gt_reward_b FROM labels {where} ORDER BY id",
                 params,
             ).fetchall()
         return [LabelRecord(*row) for row in rows]
@@ -304,7 +332,7 @@ class LabelStore:
             row = self._db.execute("SELECT frame, reward_input FROM frames WHERE hash = ?", (frame_hash_,)).fetchone()
         if row is None:
             raise KeyError(f"frame {frame_hash_} is not in the label store {self.path}")
-        return _decode(row[0]), None if row[1] is None else _decode(row[1])
+        return decode_array(row[0]), None if row[1] is None else decode_array(row[1])
 
     def close(self) -> None:
         with self._lock:

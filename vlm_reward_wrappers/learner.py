@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Union
 
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: Recent frames the reward normalisation (and the correlation with the true reward) is fitted on.
 NORMALIZATION_FRAMES = 2000
+#: Answered queries kept for display.
+RECENT_ANSWERS = 8
 
 
 class PreferenceLearner:
@@ -110,6 +113,10 @@ class PreferenceLearner:
         self._new_labels = 0
         self._labelled_pairs: Set[FrozenSet[str]] = set()
         self._recent_gt: Optional[np.ndarray] = None
+        #: The last answered queries as (query, record), newest last, for display (TensorBoard images).
+        self.recent_answers: deque = deque(maxlen=RECENT_ANSWERS)
+        #: Answers received from the labelling service so far (the store's cached answers included).
+        self.answers_received = 0
         self._stats: Dict[str, float] = {
             "no_preference": 0, "labels_resumed": 0, "labels_compared": 0, "labels_correct": 0,
             "skipped_batches": 0, "updates": 0, "loss": float("nan"), "accuracy": float("nan"),
@@ -271,6 +278,8 @@ class PreferenceLearner:
     def _apply_labels(self) -> None:
         for job, record in self.service.poll():
             self._use_label(*job.inputs, record, job.query.gt_reward_a, job.query.gt_reward_b)
+            self.recent_answers.append((job.query, record))
+            self.answers_received += 1
 
     def _use_label(self, input_a, input_b, record: LabelRecord, gt_a: float, gt_b: float) -> None:
         pair = frozenset((record.hash_a, record.hash_b))

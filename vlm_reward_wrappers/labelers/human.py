@@ -1,0 +1,201 @@
+"""People as the labeler: pairs are answered in a browser page while the agent trains.
+
+:class:`HumanLabeler` serves a page (:mod:`vlm_reward_wrappers.web.labelling_page`) showing the goal
+and two frames side by side. Each pair the labelling service sends waits in a :class:`PairQueue`
+until a person answers it; several people may label at once, each holding one pair at a time, and a
+pair not answered within its lease (a closed tab, a person gone for coffee) goes back to the queue.
+Answers go through the labelling service like any labeler's, so each is in the label store before it
+is used; training never waits for people (``asynchronous`` learners, the default).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from vlm_reward_wrappers.frames import resize_longer_side
+from vlm_reward_wrappers.labelers.base import Answer, Labeler, LabelerUnavailableError, Query
+from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+
+#: What people click, and the preference it means.
+CHOICES = {"left": FIRST, "right": SECOND, "tie": NO_PREFERENCE}
+
+
+def _png(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class PendingPair:
+    """A pair waiting for a person: its frames as PNG, and who holds it until when."""
+
+    pair_id: str
+    goal: str
+    png_a: bytes
+    png_b: bytes
+    holder: Optional[str] = None
+    lease_until: float = 0.0
+    answer: Optional[Answer] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class PairQueue:
+    """Pairs waiting for people, handed out first come first served, one at a time per person.
+
+    :param lease_s: seconds a person may hold a pair before it goes back to the queue.
+    """
+
+    def __init__(self, lease_s: float = 120.0) -> None:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
+        self.lease_s = lease_s
+        self._pairs: "OrderedDict[str, PendingPair]" = OrderedDict()
+        self._lock = threading.Lock()
+        #: answers taken, per person.
+        self.answered_by: Dict[str, int] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pairs)
+
+    def put(self, goal: str, frame_a: np.ndarray, frame_b: np.ndarray) -> PendingPair:
+        pair = PendingPair(uuid.uuid4().hex, goal, _png(frame_a), _png(frame_b))
+        with self._lock:
+            self._pairs[pair.pair_id] = pair
+        return pair
+
+    def next(self, person: str) -> Optional[PendingPair]:
+        """The pair ``person`` holds (again, after a reload), else the oldest free pair, leased to them."""
+        now = time.monotonic()
+        with self._lock:
+            free = None
+            for pair in self._pairs.values():
+                if pair.holder == person and pair.lease_until > now:
+                    pair.lease_until = now + self.lease_s
+                    return pair
+                if free is None and (pair.holder is None or pair.lease_until <= now):
+                    free = pair
+            if free is not None:
+                free.holder, free.lease_until = person, now + self.lease_s
+            return free
+
+    def get(self, pair_id: str) -> Optional[PendingPair]:
+        with self._lock:
+            return self._pairs.get(pair_id)
+
+    def answer(self, pair_id: str, person: str, choice: str, name: str = "") -> bool:
+        """Take ``person``'s answer (a page's id; ``name`` the name they gave, kept in the answer's text);
+        False if the pair is gone (answered, withdrawn) or held by someone else."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {sorted(CHOICES)}, got {choice!r}")
+        with self._lock:
+            pair = self._pairs.get(pair_id)
+            if pair is None or (pair.holder not in (None, person) and pair.lease_until > time.monotonic()):
+                return False
+            del self._pairs[pair_id]
+            who = name or person
+            self.answered_by[who] = self.answered_by.get(who, 0) + 1
+        pair.answer = Answer(CHOICES[choice], raw=f"{choice} (answered by {who})")
+        pair.done.set()
+        return True
+
+    def release(self, pair_id: str, person: str) -> None:
+        """``person`` gives the pair back (their page closed): the next person gets it."""
+        with self._lock:
+            pair = self._pairs.get(pair_id)
+            if pair is not None and pair.holder == person:
+                pair.holder, pair.lease_until = None, 0.0
+
+    def withdraw(self, pair_id: str) -> bool:
+        """Take an unanswered pair off the queue; False if it was answered meanwhile."""
+        with self._lock:
+            return self._pairs.pop(pair_id, None) is not None
+
+
+class HumanLabeler(Labeler):
+    """A labeler whose queries are answered by people in a browser.
+
+    It serves its page as soon as it is made: open :attr:`url`. On loopback (the default) only this
+    machine can reach it; bound to any other address, every request must carry the access token
+    (a random one unless ``token`` is given), which :attr:`url` includes.
+
+    Each pair is its own call, so an answer is committed the moment it is clicked. A pair no one has
+    answered after ``wait_s`` seconds is taken off the page and its call fails, to be retried by the
+    labelling service's :class:`~vlm_reward_wrappers.labelling.RetryPolicy`: keep
+    ``wait_s * (max_retries + 1)`` under its ``deadline_s`` (the defaults, 180 s, 2 retries and 600 s,
+    do), so no click lands on a call already given up.
+
+    :param host: address to serve on.
+    :param port: port to serve on; 0 picks a free one.
+    :param token: access token; required off loopback (a random one is made if None).
+    :param lease_s: seconds a person may hold a pair before it goes back to the queue.
+    :param wait_s: seconds a pair waits for an answer before its call fails.
+    :param query_image_size: longer side in pixels of the frames shown.
+    :param max_concurrency: pairs on the page at once (each waits on its own labelling thread).
+    """
+
+    batch_size = 1
+    prompt_version = "human-v1"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: Optional[str] = None,
+        lease_s: float = 120.0,
+        wait_s: float = 180.0,
+        query_image_size: int = 512,
+        max_concurrency: int = 256,
+    ) -> None:
+        from vlm_reward_wrappers.web.labelling_page import serve_labelling_page
+        from vlm_reward_wrappers.web.server import access_token
+
+        if not wait_s > 0:
+            raise ValueError(f"wait_s must be positive, got {wait_s}")
+        self.wait_s = wait_s
+        self.query_image_size = query_image_size
+        self.max_concurrency = max_concurrency
+        self.queue = PairQueue(lease_s)
+        self._closed = threading.Event()
+        self.server = serve_labelling_page(self.queue, host, port, access_token(host, token))
+
+    @property
+    def url(self) -> str:
+        """The labelling page's address (with its access token where one is needed)."""
+        return self.server.url
+
+    @property
+    def metrics(self) -> Dict[str, float]:
+        """Pairs waiting on the page, and people who have answered."""
+        return {"waiting_pairs": len(self.queue), "people": len(self.queue.answered_by)}
+
+    def compare(self, queries: Sequence[Query], goal: str) -> List[Answer]:
+        answers = []
+        for query in queries:
+            frame_a = resize_longer_side(query.frame_a, self.query_image_size)
+            frame_b = resize_longer_side(query.frame_b, self.query_image_size)
+            pair = self.queue.put(goal, frame_a, frame_b)
+            deadline = time.monotonic() + self.wait_s
+            while not pair.done.wait(0.2):
+                if self._closed.is_set() or time.monotonic() > deadline:
+                    if self.queue.withdraw(pair.pair_id):
+                        why = "the labeler was closed" if self._closed.is_set() else f"within {self.wait_s:g} s"
+                        raise LabelerUnavailableError(f"no one answered the pair {why}")
+            answers.append(pair.answer)
+        return answers
+
+    def close(self) -> None:
+        """Stop serving the page; pairs still waiting are given up."""
+        self._closed.set()
+        self.server.close()

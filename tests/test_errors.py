@@ -126,3 +126,29 @@ def test_a_reward_model_that_does_not_match_the_wrapper():
 def test_a_missing_reward_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no reward model at .*RewardModel.save\(path\)"):
         RewardModel.load(tmp_path / "nope.pt")
+
+
+def test_the_label_browser_on_a_missing_or_foreign_file(tmp_path):
+    from vlm_reward_wrappers.web.inspect import StoreReader
+
+    with pytest.raises(FileNotFoundError, match=r"no label store at .*LabelStore\(path\)"):
+        StoreReader(tmp_path / "nope.sqlite")
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.execute("CREATE TABLE things (x)")
+    other.commit()
+    other.close()
+    with pytest.raises(ValueError, match="is not a label store"):
+        StoreReader(tmp_path / "other.sqlite")
+    (tmp_path / "text.sqlite").write_text("not a database at all")
+    with pytest.raises(ValueError, match="is not a label store"):
+        StoreReader(tmp_path / "text.sqlite")
+
+
+def test_pages_without_the_web_extra_say_how_to_install_it(monkeypatch):
+    import sys
+
+    from vlm_reward_wrappers.labelers.human import HumanLabeler
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ImportError, match=r"pip install 'vlm-reward-wrappers\[web\]'"):
+        HumanLabeler(port=0)

@@ -60,7 +60,6 @@ def test_the_page_of_10000_answers_opens_in_a_browser_quickly_with_the_stores_co
         assert int(text("page-count")) == N_ANSWERS // PAGE_SIZE
         assert len(browser.find_elements("css selector", ".pair")) == PAGE_SIZE
         assert len(browser.find_elements("css selector", "#accuracy-plot polyline")) == 1
-        screenshot(browser, "inspect.png")
 
         browser.get(server.url + "?show=wrong&labeler=labeler-1&page=3")
         in_filter = [r for r, t in zip(records, truth)
@@ -76,6 +75,31 @@ def test_the_page_of_10000_answers_opens_in_a_browser_quickly_with_the_stores_co
         assert image.get_attribute("loading") == "lazy"
         status, png = _get(image.get_attribute("src"))
         assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        browser.quit()
+        server.close()
+
+
+def test_an_audits_answers_open_in_the_browser_with_the_audits_label_accuracy(tmp_path):
+    import gymnasium as gym
+    from conftest import GOAL
+
+    from vlm_reward_wrappers.audit import audit
+    from vlm_reward_wrappers.labelers import SimulatedVLMLabeler
+
+    env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
+    store = LabelStore(tmp_path / "audit.sqlite")
+    result = audit(env, GOAL, SimulatedVLMLabeler(0.75, seed=0), n_pairs=40, label_store=store, seed=0)
+    env.close()
+    store.close()
+    server = serve_inspect(tmp_path / "audit.sqlite")
+    browser = open_browser()
+    try:
+        browser.get(server.url)
+        row = browser.find_elements("css selector", "#labelers tr")[1].text.split()
+        assert float(row[-1]) == pytest.approx(result.label_accuracy, abs=1e-3)
+        assert int(browser.find_element("id", "count-total").text) == result.pairs
+        screenshot(browser, "inspect.png")
     finally:
         browser.quit()
         server.close()

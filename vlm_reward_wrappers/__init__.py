@@ -7,6 +7,7 @@ from vlm_reward_wrappers.frames import FrameBuffer
 from vlm_reward_wrappers.labelers import (
     Answer,
     ChatPreferenceLabeler,
+    HumanLabeler,
     Labeler,
     LlamaCppLabeler,
     OpenAICompatibleLabeler,
@@ -48,6 +49,7 @@ __all__ = [
     "EntropySampler",
     "FrameBuffer",
     "FrameInfoWrapper",
+    "HumanLabeler",
     "Labeler",
     "LearnerConfig",
     "LabelStore",

@@ -23,6 +23,7 @@ from vlm_reward_wrappers.labelers.base import (
     LabelerUnavailableError,
     Query,
 )
+from vlm_reward_wrappers.labelers.human import HumanLabeler
 from vlm_reward_wrappers.labelers.oracle import OracleLabeler, OracleScoreLabeler
 from vlm_reward_wrappers.labelers.preference import ChatPreferenceLabeler, LlamaCppLabeler, OpenAICompatibleLabeler
 from vlm_reward_wrappers.labelers.scores import ChatScoreLabeler, ScoreLabeler, Window, WindowScores
@@ -39,7 +40,7 @@ _LAZY = {
 
 __all__ = [
     "FIRST", "NO_PREFERENCE", "SECOND", "Answer", "BaseLabeler", "ChatPreferenceLabeler", "ChatScoreLabeler",
-    "InvalidAnswerError", "Labeler", "LabelerError", "LabelerRefusedError", "LabelerUnavailableError",
+    "HumanLabeler", "InvalidAnswerError", "Labeler", "LabelerError", "LabelerRefusedError", "LabelerUnavailableError",
     "LlamaCppLabeler", "OpenAICompatibleLabeler", "OracleLabeler", "OracleScoreLabeler", "Query", "ScoreLabeler",
     "SimulatedVLMLabeler", "SwapConsistentLabeler", "Window", "WindowScores", *_LAZY,
 ]

@@ -113,7 +113,7 @@ class StoreReader:
 
     def accuracy_over_time(self, bins: int = ACCURACY_BINS, **filters: Any) -> List[Tuple[float, float, int]]:
         """(time of the bin's last answer, label accuracy, answers judged) over answers the true reward
-        can judge, in up to ``bins`` bins of equal size, oldest first."""
+        can judge, in up to ``bins`` bins of equal size (10 answers or more each), oldest first."""
         where, params = self._where(**filters)
         judged = f"preference != {NO_PREFERENCE} AND {{truth}} IS NOT NULL"
         where = f"{where} AND {judged}" if where else f"WHERE {judged}"
@@ -121,7 +121,7 @@ class StoreReader:
         if not rows:
             return []
         created, correct = np.array(rows, dtype=np.float64).T
-        n = min(bins, len(rows))
+        n = min(bins, max(1, len(rows) // 10))  # at least 10 answers a point, so a point is a rate
         return [(float(t[-1]), float(c.mean()), len(c))
                 for t, c in zip(np.array_split(created, n), np.array_split(correct, n))]
 

@@ -60,8 +60,8 @@ next();
 _BODY = """<h1>Which image is closer to the goal?</h1>
 <p>Goal: <b id="goal"></b></p>
 <div id="pair" hidden><div style="display:flex;gap:16px">
-<figure><img id="a" alt="left image" style="max-width:45vw"><figcaption>left (1 or &larr;)</figcaption></figure>
-<figure><img id="b" alt="right image" style="max-width:45vw"><figcaption>right (2 or &rarr;)</figcaption></figure></div>
+<figure><img id="a" alt="left image" style="max-width:45vw;border:1px solid #ccc"><figcaption>left (1 or &larr;)</figcaption></figure>
+<figure><img id="b" alt="right image" style="max-width:45vw;border:1px solid #ccc"><figcaption>right (2 or &rarr;)</figcaption></figure></div>
 <p><button id="left">Left is closer</button> <button id="right">Right is closer</button>
 <button id="tie">Can't tell (space)</button></p></div>
 <p id="idle" hidden>No pair is waiting: the next ones appear here as the agent trains.</p>

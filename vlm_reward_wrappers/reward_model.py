@@ -162,7 +162,8 @@ class RewardModel:
     @torch.inference_mode()
     def member_rewards(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Raw (unnormalised) reward of every member: inputs (B, ...) -> (E, B) float32."""
-        self.net.train(False)
+        if self.net.training:  # set once: walking the modules on every env step costs a quarter millisecond
+            self.net.train(False)
         out = np.empty((len(inputs), self.ensemble_size), dtype=np.float32)
         for i in range(0, len(inputs), batch_size):
             out[i : i + batch_size] = self.net(self.to_tensor(inputs[i : i + batch_size])).cpu().numpy()

@@ -345,6 +345,7 @@ def run_benchmark(
     seeds: Sequence[int],
     out: Path,
     labelers: Optional[Dict[str, Callable[[], Labeler]]] = None,
+    report_only: bool = False,
 ) -> List[dict]:
     """Run every task x source x seed not run yet, with a progress bar, and write the report to ``out``.
 
@@ -353,6 +354,8 @@ def run_benchmark(
     sittings. The report (results.md, summary.json, curves) covers every run in the file.
 
     :param labelers: factories of real labelers by source name (e.g. "clip", "vlm").
+    :param report_only: run nothing: rewrite the report of the runs already in the file (e.g. once two
+        grids of different tasks, run side by side, have both appended to it).
     """
     from tqdm import tqdm
 
@@ -368,7 +371,8 @@ def run_benchmark(
     path = out / "results.jsonl"
     done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in done}
-    jobs = [(t, s, seed) for t in tasks for seed in seeds for s in sources if (t, s, seed, size) not in finished]
+    jobs = [] if report_only else [
+        (t, s, seed) for t in tasks for seed in seeds for s in sources if (t, s, seed, size) not in finished]
     for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
         factory = labelers.get(source)
         result = run_one(task, source, seed, size, factory() if factory else None)

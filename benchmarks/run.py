@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"'clip' (default: {' '.join(harness.SIMULATED_SOURCES)} (smoke), "
                              f"{' '.join(harness.FULL_SOURCES)} (full))")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite results.md, summary.json and the curves from results.jsonl")
     parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
     return parser
 
@@ -62,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if "clip" in sources:
         labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
     out = Path(args.out) if args.out else default_out(args.size)
-    results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers)
+    results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers, args.report_only)
     print((out / "results.md").read_text())
     return results
 

@@ -106,6 +106,19 @@ TASKS: Dict[str, TaskConfig] = {
         },
         eval_every={"smoke": 1000, "full": 2500}, algo_kwargs=dict(learning_starts=1000),
     ),
+    # PPO on Pendulum with rl-baselines3-zoo's tuned settings (their 4 envs x 1,024 steps as one env's
+    # 4,096-step rollouts); queries once per rollout.
+    "pendulum-ppo": TaskConfig(
+        "Pendulum-v1", "PPO",
+        steps={"smoke": 8192, "full": 100_000},
+        learner={
+            "smoke": dict(seed_steps=4096, query_every=4096, pairs_per_query=20, feedback_budget=40, epochs_per_update=20),
+            "full": dict(seed_steps=4096, query_every=4096, pairs_per_query=20, feedback_budget=400, epochs_per_update=20),
+        },
+        eval_every={"smoke": 4096, "full": 10_000},
+        algo_kwargs=dict(n_steps=4096, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
+                         clip_range=0.2, use_sde=True, sde_sample_freq=4),
+    ),
     "drawer-open": _metaworld("drawer-open"),
     "sweep-into": _metaworld("sweep-into"),
     "soccer": _metaworld("soccer"),
@@ -132,6 +145,9 @@ TASKS: Dict[str, TaskConfig] = {
 
 #: What the smoke size runs: the tasks and reward sources that fit in minutes on 2 CPU cores.
 SMOKE_TASKS = ("cartpole-angle", "cloth-fold", "drawer-open")
+#: What the full size runs: PPO and SAC on classic control, MetaWorld, rope and cloth.
+FULL_TASKS = ("cartpole-angle", "cartpole-angle-ppo", "pendulum", "pendulum-ppo", "drawer-open", "sweep-into", "rope",
+              "cloth-fold")
 SIMULATED_SOURCES = ("true", "oracle", "mistake-0.1", "mistake-0.2", "mistake-0.3")
 #: The sources of the full grid: the true reward, the perfect teacher, a teacher that errs like a VLM at
 #: 75% label accuracy, and uniform 20% mistakes.

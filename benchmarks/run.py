@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", default="smoke", choices=harness.SIZES,
                         help="smoke: minutes on 2 CPU cores; full: RL-VLM-F's budgets")
     parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(harness.TASKS),
-                        help=f"default: {' '.join(harness.SMOKE_TASKS)} (smoke), all (full)")
+                        help=f"default: {' '.join(harness.SMOKE_TASKS)} (smoke), {' '.join(harness.FULL_TASKS)} (full)")
     parser.add_argument("--sources", nargs="+", default=None,
                         help="true, oracle, mistake-<rate>, realistic-<accuracy>, and 'vlm' (the --labeler given) or "
                              f"'clip' (default: {' '.join(harness.SIMULATED_SOURCES)} (smoke), "
@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     """Run the benchmark grid, write its table and curves, print the table; return the results."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tasks = args.tasks or (list(harness.SMOKE_TASKS) if args.size == "smoke" else sorted(harness.TASKS))
+    tasks = args.tasks or list(harness.SMOKE_TASKS if args.size == "smoke" else harness.FULL_TASKS)
     labelers = {}
     if args.labeler in ("llama", "openai"):
         labelers["vlm"] = lambda: make_labeler(args)

@@ -208,6 +208,14 @@ class LabellingService:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, labeler.max_concurrency), thread_name_prefix="vlm-label")
         self._reported_invalid = False
+        longest = labeler.longest_call_s
+        needed = None if longest is None else (
+            longest * (self.retry.max_retries + 1) + self.retry.backoff_s * (2**self.retry.max_retries - 1))
+        if needed is not None and needed > self.retry.deadline_s:
+            logger.warning(
+                "%s may take %g s a call: with %d retries its calls need %g s, but the retry policy gives up after "
+                "%g s and an answer arriving later is lost; pass retry=RetryPolicy(deadline_s=%g) (or fewer retries)",
+                labeler.labeler_id, longest, self.retry.max_retries, needed, self.retry.deadline_s, needed + 10)
 
     @property
     def pending(self) -> int:

@@ -122,6 +122,9 @@ class BaseLabeler(abc.ABC):
     #: Longer side in pixels of the frames this labeler should be shown (rendered frames are shrunk to
     #: it, never enlarged); None: it needs nothing beyond the reward model's small inputs.
     query_image_size: Optional[int] = None
+    #: The longest one call may take by design (people answering: :class:`HumanLabeler`'s wait), or
+    #: None; the labelling service warns when its retry policy would give up on such a call sooner.
+    longest_call_s: Optional[float] = None
 
     @property
     def labeler_id(self) -> str:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vlm_reward_wrappers.frames import resize_longer_side
-from vlm_reward_wrappers.labelers.base import Answer, Labeler, LabelerUnavailableError, Query
+from vlm_reward_wrappers.labelers.base import Answer, Labeler, LabelerRefusedError, LabelerUnavailableError, Query
 from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
 
 #: What people click, and the preference it means.
@@ -53,10 +53,11 @@ class PendingPair:
 class PairQueue:
     """Pairs waiting for people, handed out first come first served, one at a time per person.
 
-    :param lease_s: seconds a person may hold a pair before it goes back to the queue.
+    :param lease_s: seconds a person holds a pair unless their page renews it; then it goes back to the
+        queue (the page is closed, or its person gone).
     """
 
-    def __init__(self, lease_s: float = 120.0) -> None:
+    def __init__(self, lease_s: float = 60.0) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be positive, got {lease_s}")
         self.lease_s = lease_s
@@ -94,16 +95,31 @@ class PairQueue:
         with self._lock:
             return self._pairs.get(pair_id)
 
+    def held(self, pair_id: str) -> bool:
+        """Whether someone holds the pair (their lease has not run out)."""
+        with self._lock:
+            pair = self._pairs.get(pair_id)
+            return pair is not None and pair.holder is not None and pair.lease_until > time.monotonic()
+
+    def renew(self, pair_id: str, person: str) -> bool:
+        """Extend ``person``'s lease of a pair they still hold (their page is open); False if they do not."""
+        with self._lock:
+            pair = self._pairs.get(pair_id)
+            if pair is None or pair.holder != person:
+                return False
+            pair.lease_until = time.monotonic() + self.lease_s
+            return True
+
     def answer(self, pair_id: str, person: str, choice: str, name: str = "") -> bool:
         """Take ``person``'s answer (a page's id; ``name`` the name they gave, kept in the answer's text);
-        False if the pair is gone (answered, withdrawn) or held by someone else."""
+        False if the pair is gone (answered or withdrawn). The first answer counts, whoever holds the
+        pair: the lease only decides who is shown it, and a click is never thrown away."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {sorted(CHOICES)}, got {choice!r}")
         with self._lock:
-            pair = self._pairs.get(pair_id)
-            if pair is None or (pair.holder not in (None, person) and pair.lease_until > time.monotonic()):
+            pair = self._pairs.pop(pair_id, None)
+            if pair is None:
                 return False
-            del self._pairs[pair_id]
             who = name or person
             self.answered_by[who] = self.answered_by.get(who, 0) + 1
         pair.answer = Answer(CHOICES[choice], raw=f"{choice} (answered by {who})")
@@ -131,16 +147,19 @@ class HumanLabeler(Labeler):
     (a random one unless ``token`` is given), which :attr:`url` includes.
 
     Each pair is its own call, so an answer is committed the moment it is clicked. A pair no one has
-    answered after ``wait_s`` seconds is taken off the page and its call fails, to be retried by the
-    labelling service's :class:`~vlm_reward_wrappers.labelling.RetryPolicy`: keep
-    ``wait_s * (max_retries + 1)`` under its ``deadline_s`` (the defaults, 180 s, 2 retries and 600 s,
-    do), so no click lands on a call already given up.
+    opened after ``wait_s`` seconds is taken off the page and its call fails, to be retried by the
+    labelling service's :class:`~vlm_reward_wrappers.labelling.RetryPolicy`; a pair someone has open
+    waits for them, ``lease_s`` longer at most. A call thus lasts up to ``wait_s + lease_s``
+    (:attr:`longest_call_s`): with the defaults (120 s + 60 s, 2 retries, 1 s backoff) three calls fit
+    the policy's 600 s deadline, so no click lands on a call already given up; the service warns
+    where they would not.
 
     :param host: address to serve on.
     :param port: port to serve on; 0 picks a free one.
     :param token: access token; required off loopback (a random one is made if None).
-    :param lease_s: seconds a person may hold a pair before it goes back to the queue.
-    :param wait_s: seconds a pair waits for an answer before its call fails.
+    :param lease_s: seconds a pair stays with a person whose page stopped renewing it (closed, offline)
+        before it goes back to the queue; an open page renews it.
+    :param wait_s: seconds a pair waits for someone to open it before its call fails.
     :param query_image_size: longer side in pixels of the frames shown.
     :param max_concurrency: pairs on the page at once (each waits on its own labelling thread).
     """
@@ -153,8 +172,8 @@ class HumanLabeler(Labeler):
         host: str = "127.0.0.1",
         port: int = 8765,
         token: Optional[str] = None,
-        lease_s: float = 120.0,
-        wait_s: float = 180.0,
+        lease_s: float = 60.0,
+        wait_s: float = 120.0,
         query_image_size: int = 512,
         max_concurrency: int = 256,
     ) -> None:
@@ -164,6 +183,7 @@ class HumanLabeler(Labeler):
         if not wait_s > 0:
             raise ValueError(f"wait_s must be positive, got {wait_s}")
         self.wait_s = wait_s
+        self.longest_call_s = wait_s + lease_s
         self.query_image_size = query_image_size
         self.max_concurrency = max_concurrency
         self.queue = PairQueue(lease_s)
@@ -186,12 +206,15 @@ class HumanLabeler(Labeler):
             frame_a = resize_longer_side(query.frame_a, self.query_image_size)
             frame_b = resize_longer_side(query.frame_b, self.query_image_size)
             pair = self.queue.put(goal, frame_a, frame_b)
-            deadline = time.monotonic() + self.wait_s
+            started = time.monotonic()
             while not pair.done.wait(0.2):
-                if self._closed.is_set() or time.monotonic() > deadline:
+                waited = time.monotonic() - started
+                if self._closed.is_set():
                     if self.queue.withdraw(pair.pair_id):
-                        why = "the labeler was closed" if self._closed.is_set() else f"within {self.wait_s:g} s"
-                        raise LabelerUnavailableError(f"no one answered the pair {why}")
+                        raise LabelerRefusedError("the human labeler was closed")
+                elif waited > self.longest_call_s or (waited > self.wait_s and not self.queue.held(pair.pair_id)):
+                    if self.queue.withdraw(pair.pair_id):  # else answered meanwhile: done is set
+                        raise LabelerUnavailableError(f"no one answered the pair within {waited:.0f} s")
             answers.append(pair.answer)
         return answers
 

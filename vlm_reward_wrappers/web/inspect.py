@@ -21,7 +21,7 @@ import numpy as np
 
 from vlm_reward_wrappers.labels import NO_PREFERENCE, decode_array
 from vlm_reward_wrappers.web.pages import page, pair_card
-from vlm_reward_wrappers.web.server import BackgroundServer, access_token, add_token_guard, require_web
+from vlm_reward_wrappers.web.server import BackgroundServer, access_token, add_guards, require_web
 
 #: Pairs per page.
 PAGE_SIZE = 50
@@ -197,7 +197,8 @@ def render_page(reader: StoreReader, show: str = "all", labeler: str = "", since
         f"<td>{'n/a' if r['label_accuracy'] is None else format(r['label_accuracy'], '.3f')}</td></tr>"
         for r in reader.labelers())
     options = "".join(f"<option{' selected' if s == show else ''}>{s}</option>" for s in SHOWS)
-    names = "".join(f"<option{' selected' if r['labeler_id'] == labeler else ''}>{html.escape(r['labeler_id'])}</option>"
+    names = "".join(f"<option value='{html.escape(r['labeler_id'])}'{' selected' if r['labeler_id'] == labeler else ''}>"
+                    f"{html.escape(r['labeler_id'])}</option>"
                     for r in reader.labelers())
 
     def link(number: int, text: str) -> str:
@@ -230,7 +231,7 @@ def make_inspect_app(path: Union[str, Path], token: Optional[str] = None) -> Any
 
     reader = StoreReader(path)
     app = FastAPI(title="vlm-reward inspect", docs_url=None, redoc_url=None, openapi_url=None)
-    add_token_guard(app, token)
+    add_guards(app, token)
 
     @app.get("/", response_class=HTMLResponse)
     def index(show: str = "all", labeler: str = "", since: str = "", until: str = "",

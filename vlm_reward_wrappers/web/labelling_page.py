@@ -1,8 +1,8 @@
 """The human labeler's page: the goal and two frames side by side, answered with a click or a key.
 
 Routes: ``/`` (the page), ``/api/next`` (the pair a person should answer), ``/pair/<id>/<a|b>.png``
-(its frames, from memory: no request reads a file), ``/api/answer`` and ``/api/release`` (a closing
-page gives its pair back).
+(its frames, from memory: no request reads a file), ``/api/answer``, ``/api/renew`` (an open page
+keeps its pair) and ``/api/release`` (a closing page gives its pair back).
 """
 
 
@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from vlm_reward_wrappers.labelers.human import CHOICES, PairQueue
 from vlm_reward_wrappers.web.pages import page
-from vlm_reward_wrappers.web.server import BackgroundServer, add_token_guard, require_web
+from vlm_reward_wrappers.web.server import BackgroundServer, add_guards, require_web
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _PERSON = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -25,8 +25,18 @@ $('name').value = localStorage.getItem('name') || '';
 $('name').onchange = () => localStorage.setItem('name', $('name').value);
 let current = null, mine = 0;
 const loaded = (img) => new Promise((ok) => { if (img.complete && img.naturalWidth) ok(); else { img.onload = ok; img.onerror = ok; } });
+const post = (path, data) => fetch(path, {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(data)});
+const say = (text) => { $('message').textContent = text; };
 async function next() {
-  const data = await (await fetch('api/next?person=' + tab)).json();
+  let data;
+  try {
+    const response = await post('api/next', {person: tab});
+    if (!response.ok) throw new Error('the server answered ' + response.status);
+    data = await response.json();
+  } catch (error) {
+    say('Cannot reach the labelling server (' + error.message + '): trying again.');
+    setTimeout(next, 2000); return;
+  }
   $('waiting').textContent = data.waiting;
   if (!data.pair_id) {
     current = null; delete document.body.dataset.pair; $('pair').hidden = true; $('idle').hidden = false;
@@ -40,9 +50,16 @@ async function next() {
 async function answer(choice) {
   if (!current) return;
   const id = current; current = null; delete document.body.dataset.pair;
-  const response = await fetch('api/answer', {method: 'POST', headers: {'Content-Type': 'application/json'},
-    body: JSON.stringify({pair_id: id, person: tab, name: $('name').value, choice: choice})});
-  if (response.ok) { mine += 1; $('mine').textContent = mine; }
+  let response;
+  try {
+    response = await post('api/answer', {pair_id: id, person: tab, name: $('name').value, choice: choice});
+  } catch (error) {  // not sent: the pair stays, answer again
+    current = id; document.body.dataset.pair = id; say('Your answer did not reach the server: please answer again.');
+    return;
+  }
+  if (response.ok) { mine += 1; $('mine').textContent = mine; say(''); }
+  else if (response.status === 409) say('That pair had been answered or taken back (it waited too long); here is the next one.');
+  else { current = id; document.body.dataset.pair = id; say('The server refused the answer (' + response.status + ').'); return; }
   next();
 }
 document.addEventListener('keydown', (e) => {
@@ -51,6 +68,8 @@ document.addEventListener('keydown', (e) => {
   if (choice) { e.preventDefault(); answer(choice); }
 });
 for (const choice of ['left', 'right', 'tie']) $(choice).onclick = () => answer(choice);
+// An open page keeps its pair; a closed one gives it back at once.
+setInterval(() => { if (current) post('api/renew', {pair_id: current, person: tab}).catch(() => {}); }, RENEW_MS);
 window.addEventListener('pagehide', () => {
   if (current) navigator.sendBeacon('api/release', JSON.stringify({pair_id: current, person: tab}));
 });
@@ -66,7 +85,8 @@ _BODY = """<h1>Which image is closer to the goal?</h1>
 <button id="tie">Can't tell (space)</button></p></div>
 <p id="idle" hidden>No pair is waiting: the next ones appear here as the agent trains.</p>
 <p class="muted">Pairs waiting: <span id="waiting">0</span>; answered by you: <span id="mine">0</span>.
-Your name (kept with your answers): <input id="name" size="16" pattern="[A-Za-z0-9_.\\-]*"></p>"""
+Your name (kept with your answers): <input id="name" size="16" pattern="[A-Za-z0-9_.\\-]*"></p>
+<p id="message" class="muted"></p>"""
 
 
 def make_labelling_app(queue: PairQueue, token: Optional[str] = None) -> Any:
@@ -76,7 +96,7 @@ def make_labelling_app(queue: PairQueue, token: Optional[str] = None) -> Any:
     from fastapi.responses import HTMLResponse, Response
 
     app = FastAPI(title="vlm-reward labelling", docs_url=None, redoc_url=None, openapi_url=None)
-    add_token_guard(app, token)
+    add_guards(app, token)
 
     def person_id(person: str) -> str:
         if not _PERSON.fullmatch(person or ""):
@@ -85,10 +105,13 @@ def make_labelling_app(queue: PairQueue, token: Optional[str] = None) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
-        return page("Label pairs", _BODY + f"<script>{_SCRIPT}</script>")
+        # Renewed three times a lease: one lost request does not cost the pair.
+        script = _SCRIPT.replace("RENEW_MS", str(int(queue.lease_s * 1000 / 3)))
+        return page("Label pairs", _BODY + f"<script>{script}</script>")
 
-    @app.get("/api/next")
-    def next_pair(person: str) -> dict:
+    # A POST: a GET could be sent by an <img> on any site, and leasing changes the queue.
+    @app.post("/api/next")
+    def next_pair(person: str = Body(..., embed=True)) -> dict:
         pair = queue.next(person_id(person))
         return {"pair_id": None if pair is None else pair.pair_id, "goal": None if pair is None else pair.goal,
                 "waiting": len(queue)}
@@ -107,8 +130,12 @@ def make_labelling_app(queue: PairQueue, token: Optional[str] = None) -> Any:
         if name and not _PERSON.fullmatch(name):
             raise HTTPException(400, "name must be 1-64 letters, digits, '_', '.' or '-'")
         if not queue.answer(pair_id, person_id(person), choice, name):
-            raise HTTPException(409, "this pair was answered, withdrawn or is held by someone else")
+            raise HTTPException(409, "this pair was answered already, or taken back after waiting too long")
         return {"ok": True}
+
+    @app.post("/api/renew")
+    def renew(pair_id: str = Body(...), person: str = Body(...)) -> dict:
+        return {"held": queue.renew(pair_id, person_id(person))}
 
     @app.post("/api/release", status_code=204, response_class=Response)
     async def release(request: Request) -> Response:

@@ -2,19 +2,19 @@
 
 Anything bound to an address other than loopback can be reached by other machines, so every request
 to it must carry the access token: as ``?token=`` in the first URL (the page then keeps it in a
-cookie), a cookie, or an ``Authorization: Bearer`` header.
+cookie), a cookie, or an ``Authorization: Bearer`` header. On loopback, requests must name a loopback
+host; everywhere, pages of other sites cannot post to it (:func:`add_guards`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
-import logging
 import secrets
 import threading
 import time
 from typing import Any, Optional
-
-logger = logging.getLogger(__name__)
+from urllib.parse import urlparse
 
 TOKEN_COOKIE = "vlmrw_token"
 
@@ -50,23 +50,41 @@ def access_token(host: str, token: Optional[str]) -> Optional[str]:
     return None if is_loopback(host) else secrets.token_urlsafe(18)
 
 
-def add_token_guard(app: Any, token: Optional[str]) -> None:
-    """Refuse (401) every request to ``app`` that does not carry ``token``; no-op when it is None."""
-    if token is None:
-        return
+def token_cookie(token: str) -> str:
+    """The cookie a server keeps its token in: named after the token, since cookies are shared by every
+    port of a host (an inspect page and a labelling page side by side)."""
+    return f"{TOKEN_COOKIE}_{hashlib.sha256(token.encode()).hexdigest()[:10]}"
+
+
+def add_guards(app: Any, token: Optional[str]) -> None:
+    """Guard ``app`` against requests that are not its user's.
+
+    - With ``token``: every request must carry it (401 otherwise).
+    - Without (loopback): the Host header must name a loopback address, so another site cannot reach
+      the page through DNS rebinding (400 otherwise).
+    - Always: a request that changes something, sent by a page of another origin, is refused (403).
+    """
     from starlette.responses import PlainTextResponse
+
+    cookie = None if token is None else token_cookie(token)
 
     @app.middleware("http")
     async def guard(request, call_next):
-        header = request.headers.get("authorization", "")
-        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                 or (header[7:] if header.lower().startswith("bearer ") else ""))
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            return PlainTextResponse("this page needs its access token: open the URL with ?token=... that the "
-                                     "server printed", status_code=401)
+        if token is None and not is_loopback(request.url.hostname or ""):
+            return PlainTextResponse("this page answers on loopback addresses only", status_code=400)
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD") and origin and urlparse(origin).netloc != request.headers.get("host"):
+            return PlainTextResponse("requests from other sites are refused", status_code=403)
+        if token is not None:
+            header = request.headers.get("authorization", "")
+            given = (request.query_params.get("token") or request.cookies.get(cookie)
+                     or (header[7:] if header.lower().startswith("bearer ") else ""))
+            if not secrets.compare_digest(given.encode(), token.encode()):
+                return PlainTextResponse("this page needs its access token: open the URL with ?token=... that "
+                                         "the server printed", status_code=401)
         response = await call_next(request)
-        if request.query_params.get("token"):  # the page's own requests then carry it as a cookie
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        if token is not None and request.query_params.get("token"):  # the page's own requests then carry it
+            response.set_cookie(cookie, token, httponly=True, samesite="strict")
         return response
 
 

@@ -275,3 +275,15 @@ def test_people_label_an_offline_dataset():
     relabeler.close()
     assert len(answered) == len(store.records()) == 6 and relabeler.metrics["labels_used"] == 6
     assert [len(r) for r in rewards] == [len(e) for e in dataset.episodes]
+
+
+def test_the_command_line_serves_the_labelling_page(capsys):
+    from vlm_reward_wrappers.cli import build_parser, make_labeler
+
+    args = build_parser().parse_args(["train", "--labeler", "human", "--human-port", "0"])
+    labeler = make_labeler(args)
+    try:
+        assert isinstance(labeler, HumanLabeler) and labeler.url in capsys.readouterr().err
+        assert _request(labeler.url)[0] == 200
+    finally:
+        labeler.close()

@@ -281,7 +281,8 @@ def pyplot():
 
 
 def write_report(results: List[dict], random: Dict[str, float], out: Path, machine: str) -> None:
-    """results.jsonl, results.md and one learning-curve PNG per task under ``out``.
+    """results.md (every run), summary.json and summary.md (median and IQR over seeds per task, algo and
+    source) and one learning-curve PNG per task under ``out``.
 
     The curves need matplotlib (the ``plot`` extra); without it the two text files are written and an
     ImportError names the extra."""
@@ -306,7 +307,17 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         )
     lines += ["", "Random actions: " + ", ".join(f"{t} {s:.2f}" for t, s in random.items())]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(summarise(results), indent=1))
+    summary = summarise(results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    rows = [
+        "| task | algo | reward source | seeds | median normalized | IQR | median final | median queries | median wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {s['task']} | {s['algo']} | {s['source']} | {s['n_seeds']} | {fmt(s['median_normalized'])} | "
+          f"{fmt(s['iqr_normalized'])} | {fmt(s['median_final'])} | {s['median_queries']:.0f} | {s['median_wall_s']:.0f} |"
+          for s in summary),
+        "", "Random actions: " + ", ".join(f"{t} {score:.2f}" for t, score in random.items()),
+    ]
+    (out / "summary.md").write_text("\n".join(rows) + "\n")
     plt = pyplot()
     for task in sorted({r["task"] for r in results}):
         fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -106,6 +106,7 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     assert oracle["n_seeds"] == 3 and oracle["median_normalized"] == pytest.approx(29 / 40)
     assert oracle["iqr_normalized"] == pytest.approx(1 / 40) and oracle["median_queries"] == 30
     assert oracle["median_wall_s"] == 11.0 and summary["true"]["median_normalized"] == 1.0
+    assert f"| {tiny_task} | PPO | oracle | 3 | 0.72 | 0.03 | -21.00 | 30 | 11 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_realistic_teacher_is_a_simulated_source():

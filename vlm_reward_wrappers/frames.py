@@ -7,12 +7,21 @@ import io
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from vlm_reward_wrappers.labels import check_frame
+
+
+def png_bytes(frame: Union[np.ndarray, Image.Image], compress_level: int = 6) -> bytes:
+    """A frame ((H, W, 3) uint8, or a PIL image) as lossless PNG bytes; ``compress_level`` 0-9 trades
+    size for time (6 is PIL's default)."""
+    image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=compress_level)
+    return out.getvalue()
 
 
 def resize_frame(frame: np.ndarray, reward_image_size: int) -> np.ndarray:
@@ -137,9 +146,7 @@ class QueryFrameStore:
         self._in_flight.append(self._pool.submit(self._encode, step, np.array(frame, dtype=np.uint8)))
 
     def _encode(self, step: int, frame: np.ndarray) -> None:
-        out = io.BytesIO()
-        Image.fromarray(frame).save(out, format="PNG", compress_level=self.compress_level)
-        data = out.getvalue()
+        data = png_bytes(frame, self.compress_level)
         with self._lock:
             self._frames[step] = data
             self.nbytes += len(data)

@@ -129,7 +129,7 @@ class PreferenceJob(LabelJob):
         record = LabelRecord(self.hash_a, self.hash_b, goal, labeler.labeler_id, labeler.prompt_version,
                              answer.preference, answer.soft, answer.raw, latency_s,
                              gt_reward_a=query.gt_reward_a, gt_reward_b=query.gt_reward_b)
-        store.add(record, self.query.frame_a, self.query.frame_b, self.input_a, self.input_b)
+        store.add(record, query.frame_a, query.frame_b, self.input_a, self.input_b)
         return record
 
 

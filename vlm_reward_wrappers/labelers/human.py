@@ -10,7 +10,6 @@ is used; training never waits for people (``asynchronous`` learners, the default
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import uuid
@@ -20,20 +19,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vlm_reward_wrappers.frames import resize_longer_side
+from vlm_reward_wrappers.frames import png_bytes, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, LabelerRefusedError, LabelerUnavailableError, Query
 from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
 
 #: What people click, and the preference it means.
 CHOICES = {"left": FIRST, "right": SECOND, "tie": NO_PREFERENCE}
-
-
-def _png(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @dataclass
@@ -71,7 +62,7 @@ class PairQueue:
             return len(self._pairs)
 
     def put(self, goal: str, frame_a: np.ndarray, frame_b: np.ndarray) -> PendingPair:
-        pair = PendingPair(uuid.uuid4().hex, goal, _png(frame_a), _png(frame_b))
+        pair = PendingPair(uuid.uuid4().hex, goal, png_bytes(frame_a), png_bytes(frame_b))
         with self._lock:
             self._pairs[pair.pair_id] = pair
         return pair

@@ -9,7 +9,6 @@ loaded lazily, one page at a time, so stores of any size stay quick.
 
 
 import html
-import io
 import re
 import sqlite3
 from datetime import datetime
@@ -19,6 +18,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from vlm_reward_wrappers.frames import png_bytes
 from vlm_reward_wrappers.labels import NO_PREFERENCE, decode_array
 from vlm_reward_wrappers.web.pages import page, pair_card
 from vlm_reward_wrappers.web.server import BackgroundServer, access_token, add_guards, require_web
@@ -132,11 +132,7 @@ class StoreReader:
         row = self._db.execute("SELECT frame FROM frames WHERE hash = ?", (frame_hash,)).fetchone()
         if row is None:
             return None
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(decode_array(row[0])).save(buffer, format="PNG")
-        return buffer.getvalue()
+        return png_bytes(decode_array(row[0]))
 
     def close(self) -> None:
         self._db.close()
@@ -192,14 +188,15 @@ def render_page(reader: StoreReader, show: str = "all", labeler: str = "", since
             ("goal", row["goal"]),
         ], row["raw"], lazy=True)
         for row in rows)
+    per_labeler = reader.labelers()
     labelers = "".join(
         f"<tr><td>{html.escape(r['labeler_id'])}</td><td>{r['answers']}</td><td>{r['abstained']}</td><td>{r['judged']}</td>"
         f"<td>{'n/a' if r['label_accuracy'] is None else format(r['label_accuracy'], '.3f')}</td></tr>"
-        for r in reader.labelers())
+        for r in per_labeler)
     options = "".join(f"<option{' selected' if s == show else ''}>{s}</option>" for s in SHOWS)
     names = "".join(f"<option value='{html.escape(r['labeler_id'])}'{' selected' if r['labeler_id'] == labeler else ''}>"
                     f"{html.escape(r['labeler_id'])}</option>"
-                    for r in reader.labelers())
+                    for r in per_labeler)
 
     def link(number: int, text: str) -> str:
         query = urlencode(dict(show=show, labeler=labeler, since=since, until=until, page=number))

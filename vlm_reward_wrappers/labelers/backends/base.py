@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import base64
-import io
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from vlm_reward_wrappers.frames import png_bytes
 
 #: How a chat request places images and their captions: "interleaved" (text and images in order, as
 #: most templates and every OpenAI-compatible server keep them) or "captioned" (one message per image,
@@ -28,9 +29,7 @@ def frame_to_data_uri(frame: np.ndarray, query_image_size: Optional[int] = None)
         scale = query_image_size / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 class ChatBackend(abc.ABC):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -113,3 +115,42 @@ def test_realistic_teacher_is_a_simulated_source():
     assert harness.is_simulated("realistic-0.75") and not harness.is_simulated("vlm")
     teacher = harness.simulated_labeler("realistic-0.75", seed=0)
     assert teacher.target_accuracy == 0.75
+
+
+class _ReachZero(gym.Env):
+    """Steps a counter down from 3 by the action's sign; success (MetaWorld's key) at 0, reward -|counter|."""
+
+    observation_space = gym.spaces.Box(-10, 10, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.counter, self.t = 3, 0
+        return np.array([self.counter], np.float32), {}
+
+    def step(self, action):
+        self.counter += 1 if action else -1
+        self.t += 1
+        info = {"success": self.counter == 0}
+        return np.array([self.counter], np.float32), -abs(self.counter), False, self.t >= 5, info
+
+
+def test_scores_record_success_where_the_env_reports_it():
+    from vlm_reward_wrappers.evaluation import policy_score, policy_scores
+
+    env = _ReachZero()
+    down = policy_scores(lambda obs: 0, env, episodes=2, seed=0)
+    # counters 2, 1, 0, -1, -2: success at step 3, and a return that keeps counting after it.
+    assert down == {"return": -6.0, "success": 1.0}
+    assert policy_scores(lambda obs: 1, env, episodes=2, seed=0) == {"return": -30.0, "success": 0.0}
+    assert policy_score(lambda obs: 0, env, 2, "success", seed=0) == 1.0
+    assert "success" not in policy_scores(lambda obs: np.zeros(1), gym.make("Pendulum-v1"), episodes=1, seed=0)
+
+
+def test_metaworld_tasks_record_success_beside_their_return(monkeypatch):
+    callback = harness.TrueScoreCallback(_ReachZero(), eval_every=1, episodes=1, metric="return")
+    monkeypatch.setattr(callback, "model", type("Down", (), {"predict": lambda self, obs, deterministic: (0, None)})(),
+                        raising=False)
+    callback.evaluate()
+    assert callback.curve == [[0, -6.0]] and callback.curves["success"] == [[0, 1.0]]
+    assert all(harness.TASKS[t].metric == "return" for t in ("drawer-open", "sweep-into"))

@@ -56,7 +56,8 @@ def _metaworld(task: str) -> TaskConfig:
         steps={"smoke": 1000, "full": 1_000_000},
         learner={
             "smoke": dict(seed_steps=250, query_every=250, pairs_per_query=40, feedback_budget=160, epochs_per_update=10),
-            "full": dict(config="metaworld", seed_steps=10_000),
+            # RL-VLM-F: 1,000 seed steps, then 9,000 of PEBBLE's exploration before the first query.
+            "full": dict(config="metaworld", seed_steps=1000, exploration_steps=9000),
         },
         # Judged on MetaWorld's dense true return, success recorded beside it: true-reward SAC reached no
         # success within 60,000 steps (23 minutes here), so success could not tell sources apart.

@@ -22,7 +22,12 @@ class LearnerConfig:
     :param reward_input: what the reward model reads: "frame" (RL-VLM-F's CNN) or "observation" (an MLP).
     :param reward_image_size: side in pixels of the reward model's input frames.
     :param ensemble_size: reward-model members; the reward is their mean.
-    :param seed_steps: env steps before the first query.
+    :param seed_steps: env steps before the first query (then the exploration, if any).
+    :param exploration_steps: PEBBLE's unsupervised exploration: env steps after ``seed_steps`` before the
+        first query. Until then the reward is :class:`~vlm_reward_wrappers.exploration.StateEntropyReward` on
+        the env's observations, so the agent moves things and the first pairs show different scenes; the first
+        reward model then relabels those steps in an off-policy replay buffer. RL-VLM-F: 9,000 on MetaWorld,
+        250 on cloth, 1,000 on rope; off (0) by default.
     :param query_every: env steps between query batches.
     :param pairs_per_query: pairs sent per batch.
     :param feedback_budget: the most queries a run may send.
@@ -50,6 +55,7 @@ class LearnerConfig:
     reward_image_size: int = 64
     ensemble_size: int = 3
     seed_steps: int = 1000
+    exploration_steps: int = 0
     query_every: int = 4000
     pairs_per_query: int = 40
     feedback_budget: int = 20_000
@@ -72,8 +78,8 @@ class LearnerConfig:
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, query_every=1, pairs_per_query=1,
-                     feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1,
+        least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,
+                     pairs_per_query=1, feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1,
                      query_frame_every=1, query_frame_capacity=2, query_frame_max_bytes=1)
         for name, low in least.items():
             value = getattr(self, name)

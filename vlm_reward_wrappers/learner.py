@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
+from vlm_reward_wrappers.exploration import StateEntropyReward
 from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
@@ -109,7 +110,10 @@ class PreferenceLearner:
         self._drawn_steps: Set[FrozenSet[int]] = set()
         self.num_timesteps = 0
         self.queries_issued = 0
-        self._next_query_step = config.seed_steps
+        self._next_query_step = config.seed_steps + config.exploration_steps
+        #: PEBBLE's exploration reward, paid until the first reward model is in (None without exploration).
+        self.exploration = StateEntropyReward(config.seed_steps + config.exploration_steps) if (
+            config.exploration_steps and training) else None
         self._new_labels = 0
         self._labelled_pairs: Set[FrozenSet[str]] = set()
         self._recent_gt: Optional[np.ndarray] = None
@@ -140,12 +144,16 @@ class PreferenceLearner:
 
         :param frames: (n_envs, S, S, 3) uint8 frames at the reward model's resolution.
         :param gt_rewards: (n_envs,) the env's own rewards (oracle teacher and metrics only).
-        :param observations: (n_envs, D) state observations; needed when the model reads them.
+        :param observations: (n_envs, D) state observations; needed where :attr:`wants_observations`.
         :param query_frames: per env, the rendered frame to keep for the labeler, or None; shrunk to
             :attr:`query_image_size` (never enlarged). Pass them where :meth:`query_frame_due` says so.
-        :return: (n_envs,) float32 rewards from the reward model.
+        :return: (n_envs,) float32 rewards from the reward model, or while :attr:`exploring`, the
+            exploration reward.
         """
         inputs = self.reward_inputs(frames, observations)
+        exploring = self.exploring
+        if exploring and observations is None:
+            raise ValueError("the exploration reward scores the env's observations: pass them to observe()")
         if self.training:
             if self.buffer is None:
                 obs_shape = None if self.reward_model.reward_input == "frame" else self.reward_model.input_shape
@@ -157,7 +165,21 @@ class PreferenceLearner:
             self.buffer.add(frames, gt_rewards, observations)
             self.num_timesteps += len(frames)
             self.tick()
+        if exploring:
+            return self.exploration(observations)
         return self.reward_model.predict(inputs)
+
+    @property
+    def exploring(self) -> bool:
+        """Whether steps are paid the exploration reward: ``exploration_steps`` are set and the first reward
+        model is not in yet (after the exploration steps, the wait for the first labels goes on exploring
+        rather than paying an untrained model's noise)."""
+        return self.exploration is not None and self.training and self.reward_model.version == 0
+
+    @property
+    def wants_observations(self) -> bool:
+        """Whether :meth:`observe` needs the env's observations this step."""
+        return self.reward_model.reward_input == "observation" or self.exploring
 
     def query_frame_due(self, env_step: int) -> bool:
         """Whether the rendered frame of an env's step ``env_step`` (counted per env) should be kept."""
@@ -342,6 +364,7 @@ class PreferenceLearner:
             "labeler_invalid_answers": counts["invalid_answers"],
             "no_preference": s["no_preference"],
             "skipped_batches": s["skipped_batches"],
+            "exploring": float(self.exploring),
             "queue_length": 0 if self.service is None else self.service.pending,
             "labeler_latency_s": (self.service.latency_s_total / answered) if answered else float("nan"),
             "reward_model/version": self.reward_model.version,

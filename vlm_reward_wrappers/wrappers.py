@@ -156,7 +156,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         rendered = self.env.render()
         frames = resize_frame(rendered, self.reward_image_size)[None]
         observations = None
-        if self.learner.reward_model.reward_input == "observation":
+        if self.learner.wants_observations:
             observations = np.asarray(obs, dtype=np.float32)[None]
         gt = np.array([gt_reward], dtype=np.float64)
         query = [rendered] if self.learner.query_frame_due(self._env_steps) else None
@@ -267,7 +267,7 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
             query = [image if self.learner.query_frame_due(k) else None for image, k in zip(images, self._env_steps)]
         self._env_steps += 1
         observations = None
-        if self.learner.reward_model.reward_input == "observation":
+        if self.learner.wants_observations:
             observations = np.stack([
                 info["terminal_observation"] if done and "terminal_observation" in info else o
                 for o, done, info in zip(obs, dones, infos)

@@ -8,6 +8,7 @@ table) and ``<out>/<task>.png`` (learning curves).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import os
@@ -20,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from vlm_reward_wrappers.config import make_config
 from vlm_reward_wrappers.evaluation import policy_scores, random_score
 from vlm_reward_wrappers.labelers.base import Labeler
 
@@ -151,6 +153,39 @@ SMOKE_TASKS = ("cartpole-angle", "cloth-fold", "drawer-open")
 #: What the full size runs: PPO and SAC on classic control, MetaWorld, rope and cloth.
 FULL_TASKS = ("cartpole-angle", "cartpole-angle-ppo", "pendulum", "pendulum-ppo", "drawer-open", "sweep-into", "rope",
               "cloth-fold")
+def _first_query(settings: dict) -> int:
+    config = make_config(**settings)
+    return config.seed_steps + config.exploration_steps
+
+
+#: Changes to a task's learner settings that the ablation judges: task ``<task>+<name>`` is the task run
+#: with them, and is normalised by the task's own true-reward runs.
+ABLATIONS: Dict[str, Callable[[dict], dict]] = {
+    # DrQ's and SURF's random shift of the reward model's training frames.
+    "shift4": lambda settings: {**settings, "augment_shift": 4},
+    # Without PEBBLE's exploration, the first query at the same step.
+    "no-exploration": lambda settings: {**settings, "exploration_steps": 0, "seed_steps": _first_query(settings)},
+}
+
+
+def task_config(task: str) -> TaskConfig:
+    """The settings of ``task``: a name of :data:`TASKS`, or ``<task>+<ablation>`` (:data:`ABLATIONS`)."""
+    base, _, ablation = task.partition("+")
+    if base not in TASKS or (ablation and ablation not in ABLATIONS):
+        raise ValueError(f"unknown task {task!r}: use one of {sorted(TASKS)}, optionally with +<ablation>, "
+                         f"an ablation of {sorted(ABLATIONS)}")
+    config = TASKS[base]
+    if not ablation:
+        return config
+    change = ABLATIONS[ablation]
+    return dataclasses.replace(config, learner={size: change(settings) for size, settings in config.learner.items()})
+
+
+def base_task(task: str) -> str:
+    """The task an ablation task varies (the task itself otherwise)."""
+    return task.partition("+")[0]
+
+
 SIMULATED_SOURCES = ("true", "oracle", "mistake-0.1", "mistake-0.2", "mistake-0.3")
 #: The sources of the full grid: the true reward, the perfect teacher, a teacher that errs like a VLM at
 #: 75% label accuracy, and uniform 20% mistakes.
@@ -225,7 +260,7 @@ def run_one(
     from vlm_reward_wrappers.envs import goal_for
 
     torch.set_num_threads(1)
-    config = TASKS[task]
+    config = task_config(task)
     learned = source != "true"
     env = gym.make(config.env_id, render_mode="rgb_array" if learned else None)
     if learned:
@@ -271,7 +306,7 @@ def normalise(results: List[dict], random: Dict[str, float]) -> None:
     would only amplify noise."""
     truth = {(r["task"], r["seed"]): r for r in results if r["source"] == "true"}
     for r in results:
-        ref = truth.get((r["task"], r["seed"]))
+        ref = truth.get((base_task(r["task"]), r["seed"]))  # an ablation is judged against its task's truth
         for key in ("final", "auc"):
             span = None if ref is None else ref[key] - random[r["task"]]
             r[f"{key}_norm"] = (r[key] - random[r["task"]]) / span if span and span > 0 else None
@@ -330,6 +365,16 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         "", "Random actions: " + ", ".join(f"{t} {score:.2f}" for t, score in random.items()),
     ]
     (out / "summary.md").write_text("\n".join(rows) + "\n")
+    ablation = ablation_rows(summary)
+    if ablation:
+        (out / "ablation.md").write_text("\n".join([
+            "Median normalized final score over seeds, the task as it is and with one change.", "",
+            "| task | change | reward source | seeds (as is / changed) | as is | changed | difference |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {a['task']} | {a['change']} | {a['source']} | {a['n_seeds']} / {a['n_seeds_changed']} | "
+              f"{fmt(a['median_normalized'])} | {fmt(a['median_normalized_changed'])} | {fmt(a['difference'], '+.2f')} |"
+              for a in ablation),
+        ]) + "\n")
     plt = pyplot()
     for task in sorted({r["task"] for r in results}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -343,8 +388,8 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
                 ax.fill_between(steps, scores.min(axis=0), scores.max(axis=0), color=line.get_color(), alpha=0.2)
         ax.axhline(random[task], color="grey", linestyle="--", label="random actions")
         ax.set_xlabel("env steps")
-        ax.set_ylabel("success rate" if TASKS[task].metric == "success" else "true return")
-        ax.set_title(f"{task} ({TASKS[task].algo})")
+        ax.set_ylabel("success rate" if task_config(task).metric == "success" else "true return")
+        ax.set_title(f"{task} ({task_config(task).algo})")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{task}.png", dpi=100)
@@ -369,6 +414,23 @@ def summarise(results: List[dict]) -> List[dict]:
             "median_wall_s": float(np.median([r["wall_s"] for r in runs])),
         })
     return summary
+
+
+def ablation_rows(summary: List[dict]) -> List[dict]:
+    """Each ablation's summary entry beside its task's, same algo and source: median normalized final
+    score as is, changed, and the difference (None where either is undefined)."""
+    plain = {(s["task"], s["source"]): s for s in summary}
+    rows = []
+    for changed in summary:
+        task, _, change = changed["task"].partition("+")
+        ref = plain.get((task, changed["source"]))
+        if not change or ref is None:
+            continue
+        a, b = ref["median_normalized"], changed["median_normalized"]
+        rows.append({"task": task, "change": change, "source": changed["source"], "n_seeds": ref["n_seeds"],
+                     "n_seeds_changed": changed["n_seeds"], "median_normalized": a, "median_normalized_changed": b,
+                     "difference": None if a is None or b is None else b - a})
+    return rows
 
 
 def machine_description() -> str:
@@ -411,15 +473,18 @@ def run_benchmark(
     done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in done}
     jobs = [] if report_only else [
-        (t, s, seed) for t in tasks for seed in seeds for s in sources if (t, s, seed, size) not in finished]
+        (t, s, seed) for t in tasks for seed in seeds for s in sources
+        if (t, s, seed, size) not in finished and not (s == "true" and t != base_task(t))]
     for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
         factory = labelers.get(source)
         result = run_one(task, source, seed, size, factory() if factory else None)
         with open(path, "a") as f:  # at once: a session may end mid-grid
             f.write(json.dumps(result) + "\n")
         done.append(result)
+    tasks = list(dict.fromkeys([*tasks, *map(base_task, tasks)]))  # an ablation's task holds its truth
     results = [r for r in done if r["size"] == size and r["task"] in tasks]
-    random = {t: random_score(TASKS[t].env_id, TASKS[t].eval_episodes, TASKS[t].metric) for t in tasks}
+    configs = {t: task_config(t) for t in tasks}
+    random = {t: random_score(c.env_id, c.eval_episodes, c.metric) for t, c in configs.items()}
     normalise(results, random)
     write_report(results, random, out, machine_description())
     return results

@@ -3,12 +3,15 @@
     python benchmarks/run.py --size smoke                             # minutes on 2 CPU cores
     python benchmarks/run.py --size full --tasks drawer-open --seeds 0 1 2
     python benchmarks/run.py --sources true vlm --labeler llama --model-path vlm.gguf --mmproj-path mmproj.gguf
+    python benchmarks/run.py --size full --tasks pendulum+shift4 --sources oracle --seeds 0 1 2   # an ablation
 
 Reward sources: true, oracle, mistake-<rate>, realistic-<accuracy> (simulated teachers), 'vlm' (the
 --labeler given: llama or openai) and 'clip' (--clip-checkpoint). Results go to
 ``benchmarks/results/<size>`` unless ``--out`` says otherwise: results.jsonl (appended run by run: rerun
 the same command to finish an interrupted grid), results.md, summary.json (median and IQR over seeds)
-and one learning-curve PNG per task with seed bands (the ``plot`` extra).
+and one learning-curve PNG per task with seed bands (the ``plot`` extra). A task ``<task>+<ablation>``
+(``harness.ABLATIONS``) runs the task with one change, is normalised by the task's own true-reward runs,
+and lands in ablation.md beside the task as it is.
 """
 
 from __future__ import annotations
@@ -29,13 +32,23 @@ from benchmarks import harness  # noqa: E402
 from vlm_reward_wrappers.cli import labeler_options, make_labeler  # noqa: E402
 
 
+def _task(name: str) -> str:
+    try:
+        harness.task_config(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, parents=[labeler_options()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="smoke", choices=harness.SIZES,
                         help="smoke: minutes on 2 CPU cores; full: RL-VLM-F's budgets")
-    parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(harness.TASKS),
-                        help=f"default: {' '.join(harness.SMOKE_TASKS)} (smoke), {' '.join(harness.FULL_TASKS)} (full)")
+    parser.add_argument("--tasks", nargs="+", default=None, type=_task, metavar="TASK",
+                        help=f"{', '.join(sorted(harness.TASKS))}, each optionally +<ablation> "
+                             f"({', '.join(harness.ABLATIONS)}); default: {' '.join(harness.SMOKE_TASKS)} (smoke), "
+                             f"{' '.join(harness.FULL_TASKS)} (full)")
     parser.add_argument("--sources", nargs="+", default=None,
                         help="true, oracle, mistake-<rate>, realistic-<accuracy>, and 'vlm' (the --labeler given) or "
                              f"'clip' (default: {' '.join(harness.SIMULATED_SOURCES)} (smoke), "

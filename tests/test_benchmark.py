@@ -154,3 +154,34 @@ def test_metaworld_tasks_record_success_beside_their_return(monkeypatch):
     callback.evaluate()
     assert callback.curve == [[0, -6.0]] and callback.curves["success"] == [[0, 1.0]]
     assert all(harness.TASKS[t].metric == "return" for t in ("drawer-open", "sweep-into"))
+
+
+def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tasks_truth(tiny_task, tmp_path,
+                                                                                          monkeypatch):
+    assert harness.task_config("drawer-open+no-exploration").learner["full"]["exploration_steps"] == 0
+    # Without exploration the first query stays where it was: after RL-VLM-F's 1,000 + 9,000 steps.
+    assert harness.task_config("drawer-open+no-exploration").learner["full"]["seed_steps"] == 10_000
+    assert harness.task_config("pendulum+shift4").learner["full"]["augment_shift"] == 4
+    with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
+        harness.task_config("pendulum+nope")
+    with pytest.raises(SystemExit):
+        run.build_parser().parse_args(["--tasks", "pendulum+nope"])
+
+    calls = []
+
+    def fake_run(task, source, seed, size, labeler=None):
+        calls.append((task, source))
+        final = {"true": -10.0, "oracle": -30.0}[source] if "+" not in task else -20.0
+        return {"task": task, "source": source, "seed": seed, "size": size, "algo": "PPO", "steps": 256,
+                "metric": "return", "curve": [[0, -50.0], [256, final]], "final": final, "auc": final,
+                "queries": 0, "label_accuracy": None, "wall_s": 1.0, "env_steps_per_s": 256.0}
+
+    monkeypatch.setattr(harness, "run_one", fake_run)
+    monkeypatch.setattr(harness, "random_score", lambda *args: -50.0)
+    monkeypatch.setitem(harness.ABLATIONS, "bigger", lambda settings: {**settings, "pairs_per_query": 20})
+    results = harness.run_benchmark("smoke", [tiny_task, f"{tiny_task}+bigger"], ["true", "oracle"], [0], tmp_path)
+    assert ("tiny+bigger", "true") not in calls and len(calls) == 3  # the task's truth is not run twice
+    changed = next(r for r in results if r["task"] == "tiny+bigger")
+    assert changed["final_norm"] == pytest.approx(0.75)  # (-20 - -50) / (-10 - -50)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| tiny | bigger | oracle | 1 / 1 | 0.50 | 0.75 | +0.25 |" in table

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_reward_wrappers import BradleyTerryTrainer, PreferenceDataset, RewardModel
+from vlm_reward_wrappers import BradleyTerryTrainer, LearnerConfig, PreferenceDataset, RewardModel
+from vlm_reward_wrappers.reward_model import random_shift
 
 
 def _brightness_frames(n, rng):
@@ -12,7 +13,8 @@ def _brightness_frames(n, rng):
     return frames, level
 
 
-def test_bradley_terry_training_learns_the_true_ranking():
+@pytest.mark.parametrize("augment_shift", [0, 4])
+def test_bradley_terry_training_learns_the_true_ranking(augment_shift):
     rng = np.random.default_rng(0)
     frames, level = _brightness_frames(400, rng)
     model = RewardModel("frame", (64, 64, 3), seed=0)
@@ -20,7 +22,7 @@ def test_bradley_terry_training_learns_the_true_ranking():
     for _ in range(300):
         i, j = rng.integers(400, size=2)
         dataset.add(frames[i], frames[j], int(level[j] > level[i]))
-    stats = BradleyTerryTrainer(model, epochs=30, seed=0).train(dataset)
+    stats = BradleyTerryTrainer(model, epochs=30, augment_shift=augment_shift, seed=0).train(dataset)
     assert model.version == 1 and stats.epochs <= 30
     held_out, held_level = _brightness_frames(200, rng)
     predicted = model.predict(held_out)
@@ -88,3 +90,25 @@ def test_bad_shapes_get_clear_errors():
         RewardModel("frame", (32, 32, 3))
     with pytest.raises(ValueError, match="reward_input"):
         RewardModel("pixels", (64, 64, 3))
+
+
+def test_random_shift_moves_each_frame_by_up_to_pad_pixels_with_edges_repeated():
+    frames = torch.rand(2, 3, 3, 16, 16)  # (B, E, C, H, W), as the trainer hands it over
+    shifted = random_shift(frames, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == frames.shape
+    padded = torch.nn.functional.pad(frames.reshape(6, 3, 16, 16), (2, 2, 2, 2), mode="replicate")
+    offsets = []
+    for k, image in enumerate(shifted.reshape(6, 3, 16, 16)):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(image, padded[k, :, dy : dy + 16, dx : dx + 16])]
+        assert len(found) == 1  # a crop of its own padded frame, channels moved together
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # each frame its own offset
+    assert torch.equal(random_shift(frames, 0), frames)
+
+
+def test_augmentation_is_for_frames():
+    with pytest.raises(ValueError, match="augment_shift shifts frames"):
+        LearnerConfig(reward_input="observation", augment_shift=4)
+    with pytest.raises(ValueError, match="augment_shift shifts frames"):
+        BradleyTerryTrainer(RewardModel("observation", (4,)), augment_shift=4)

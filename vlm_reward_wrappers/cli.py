@@ -21,7 +21,7 @@ from vlm_reward_wrappers.config import PRESETS
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
 #: LearnerConfig settings that ``vlm-reward train`` takes as flags (each overrides the preset's).
 CONFIG_FLAGS = ("reward_input", "reward_image_size", "seed_steps", "exploration_steps", "query_every",
-                "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update")
+                "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update", "augment_shift")
 
 
 def make_backend(args: argparse.Namespace):
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-input", default=None, choices=("frame", "observation"))
     p.add_argument("--reward-image-size", type=int, default=None, help="side in pixels of the reward model's frames")
     for flag in ("seed-steps", "exploration-steps", "query-every", "pairs-per-query", "feedback-budget", "epochs-per-update",
-                 "gradient-steps-per-update"):
+                 "gradient-steps-per-update", "augment-shift"):
         p.add_argument(f"--{flag}", type=int, default=None, help="overrides the preset's")
     p.add_argument("--label-store", default=None, help="sqlite file keeping every label (resumable)")
     p.add_argument("--save-reward-model", default=None, help="write the trained reward model here")

@@ -39,6 +39,8 @@ class LearnerConfig:
     :param gradient_steps_per_update: if set, each update instead takes this many minibatch steps from
         the current weights (warm start): its cost no longer grows with the number of labels.
     :param early_stop_accuracy: an update ends once train accuracy reaches this.
+    :param augment_shift: shift each frame the reward model trains on by up to this many pixels (DrQ's and
+        SURF's random shift); 0 (RL-VLM-F) trains on the frames as they are.
     :param reward_lr: Adam learning rate of the reward model.
     :param reward_batch_size: pairs per reward-model gradient step.
     :param use_soft_labels: train on the labeler's soft labels where it gives them.
@@ -65,6 +67,7 @@ class LearnerConfig:
     epochs_per_update: int = 10
     gradient_steps_per_update: Optional[int] = None
     early_stop_accuracy: float = 0.97
+    augment_shift: int = 0
     reward_lr: float = 3e-4
     reward_batch_size: int = 64
     use_soft_labels: bool = False
@@ -79,12 +82,14 @@ class LearnerConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,
-                     pairs_per_query=1, feedback_budget=0, buffer_capacity=2, epochs_per_update=1, reward_batch_size=1,
-                     query_frame_every=1, query_frame_capacity=2, query_frame_max_bytes=1)
+                     pairs_per_query=1, feedback_budget=0, buffer_capacity=2, epochs_per_update=1, augment_shift=0,
+                     reward_batch_size=1, query_frame_every=1, query_frame_capacity=2, query_frame_max_bytes=1)
         for name, low in least.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        if self.augment_shift and self.reward_input != "frame":
+            raise ValueError("augment_shift shifts frames: set it to 0 with reward_input='observation'")
         if self.query_image_size is not None and self.query_image_size < 16:
             raise ValueError(f"query_image_size must be at least 16 pixels or None, got {self.query_image_size}")
         if self.gradient_steps_per_update is not None and self.gradient_steps_per_update < 1:

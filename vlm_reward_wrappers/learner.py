@@ -93,7 +93,7 @@ class PreferenceLearner:
         self.trainer = trainer or BackgroundTrainer.for_model(
             self.reward_model, asynchronous, lr=config.reward_lr, batch_size=config.reward_batch_size,
             epochs=config.epochs_per_update, gradient_steps=config.gradient_steps_per_update,
-            early_stop_accuracy=config.early_stop_accuracy, seed=seed,
+            early_stop_accuracy=config.early_stop_accuracy, augment_shift=config.augment_shift, seed=seed,
         )
         if self.trainer.model is not self.reward_model:
             raise ValueError("the trainer given updates another reward model than the learner's")

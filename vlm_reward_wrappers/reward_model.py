@@ -232,6 +232,23 @@ class TrainStats:
     epochs: int
 
 
+def random_shift(frames: torch.Tensor, pad: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DrQ's random-shift augmentation: each frame (..., C, H, W) is padded by ``pad`` pixels (edge pixels
+    repeated) and cropped back to H x W at a random offset of its own, so it moves by up to ``pad`` pixels
+    in each direction."""
+    shape = frames.shape
+    flat = frames.reshape(-1, *shape[-3:])
+    n, c, h, w = flat.shape
+    padded = F.pad(flat, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator, device=frames.device)
+    device = frames.device
+    rows = (torch.arange(h, device=device) + dy)[:, None, :, None]  # (n, 1, H, 1)
+    cols = (torch.arange(w, device=device) + dx)[:, None, None, :]  # (n, 1, 1, W)
+    images = torch.arange(n, device=device)[:, None, None, None]
+    channels = torch.arange(c, device=device)[None, :, None, None]
+    return padded[images, channels, rows, cols].reshape(shape)
+
+
 class BradleyTerryTrainer:
     """Trains a :class:`RewardModel` on preferences with the Bradley-Terry cross-entropy.
 
@@ -246,6 +263,8 @@ class BradleyTerryTrainer:
     :param gradient_steps: if set, an update ends after this many minibatch steps (from the current
         weights), however many labels there are: its cost stays bounded as labels accumulate.
     :param early_stop_accuracy: stop an update once this train accuracy is reached (0.97).
+    :param augment_shift: frame models only: shift each training frame by up to this many pixels
+        (:func:`random_shift`, as DrQ and SURF augment); 0 (RL-VLM-F) trains on the frames as they are.
     """
 
     def __init__(
@@ -256,15 +275,24 @@ class BradleyTerryTrainer:
         epochs: int = 10,
         gradient_steps: Optional[int] = None,
         early_stop_accuracy: float = 0.97,
+        augment_shift: int = 0,
         seed: Optional[int] = None,
     ) -> None:
+        if augment_shift and model.reward_input != "frame":
+            raise ValueError("augment_shift shifts frames: a reward model on observations has none")
         self.model = model
+        self.augment_shift = augment_shift
         self.batch_size = batch_size
         self.epochs = epochs
         self.gradient_steps = gradient_steps
         self.early_stop_accuracy = early_stop_accuracy
         self.optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
         self.rng = np.random.default_rng(seed)
+        self._generator = torch.Generator(device=model.device)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
 
     def train(self, dataset: PreferenceDataset, epochs: Optional[int] = None) -> TrainStats:
         """Run one update over all of ``dataset`` and bump the model's version."""
@@ -289,6 +317,8 @@ class BradleyTerryTrainer:
                 steps_left -= 1
                 idx = order[start : start + self.batch_size]  # (b, E): member e reads column e
                 both = self.model.to_tensor(np.concatenate([inputs_a[idx], inputs_b[idx]]))
+                if self.augment_shift:
+                    both = random_shift(both, self.augment_shift, self._generator)
                 rewards = net(both)  # (2b, E)
                 logits = rewards[len(idx) :] - rewards[: len(idx)]
                 target = torch.as_tensor(targets[idx], device=self.model.device)

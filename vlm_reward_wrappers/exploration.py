@@ -31,8 +31,8 @@ class StateEntropyReward:
         """Score states (n, ...) against the states before them, then keep them; -> (n,) float32 rewards
         (0 until ``k`` states have been seen)."""
         states = np.asarray(states, dtype=np.float32).reshape(len(states), -1)
-        if self.count == 0:
-            self.states = np.empty((self.capacity, states.shape[1]), dtype=np.float32)
+        if not self.count:
+            self.states = np.empty((0, states.shape[1]), dtype=np.float32)
         elif states.shape[1] != self.states.shape[1]:
             raise ValueError(f"states of {states.shape[1]} values after states of {self.states.shape[1]}")
         rewards = np.zeros(len(states), dtype=np.float32)
@@ -49,6 +49,10 @@ class StateEntropyReward:
             std = np.sqrt(self._m2 / self._n) if self._n > 1 else 0.0
             rewards = (knn / std if std > 0 else knn).astype(np.float32)
         kept = states[: self.capacity - self.count]
+        if self.count + len(kept) > len(self.states):  # grown as states come, never beyond the capacity
+            grown = np.empty((min(self.capacity, max(1024, 2 * (self.count + len(kept)))), states.shape[1]), np.float32)
+            grown[: self.count] = self.states[: self.count]
+            self.states = grown
         self.states[self.count : self.count + len(kept)] = kept
         self.count += len(kept)
         return rewards

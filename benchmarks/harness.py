@@ -40,6 +40,7 @@ class TaskConfig:
     :param eval_episodes: episodes per evaluation.
     :param metric: "return" (true return) or "success" (fraction of episodes with info["success"]).
     :param algo_kwargs: constructor arguments of the algorithm.
+    :param env_kwargs: arguments of ``gym.make`` for the env (e.g. MetaWorld's ``hide_robot``).
     """
 
     env_id: str
@@ -50,6 +51,7 @@ class TaskConfig:
     eval_episodes: int = 5
     metric: str = "return"
     algo_kwargs: dict = field(default_factory=dict)
+    env_kwargs: dict = field(default_factory=dict)
 
 
 def _metaworld(task: str) -> TaskConfig:
@@ -160,13 +162,21 @@ def _first_query(settings: dict) -> int:
     return config.seed_steps + config.exploration_steps
 
 
-#: Changes to a task's learner settings that the ablation judges: task ``<task>+<name>`` is the task run
-#: with them, and is normalised by the task's own true-reward runs.
-ABLATIONS: Dict[str, Callable[[dict], dict]] = {
+def _learner_change(change: Callable[[dict], dict]) -> Callable[[TaskConfig], TaskConfig]:
+    return lambda config: dataclasses.replace(
+        config, learner={size: change(settings) for size, settings in config.learner.items()})
+
+
+#: One change to a task, judged by the ablation: task ``<task>+<name>`` is the task with it, normalised by
+#: the task's own true-reward runs.
+ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # DrQ's and SURF's random shift of the reward model's training frames.
-    "shift4": lambda settings: {**settings, "augment_shift": 4},
+    "shift4": _learner_change(lambda settings: {**settings, "augment_shift": 4}),
     # Without PEBBLE's exploration, the first query at the same step.
-    "no-exploration": lambda settings: {**settings, "exploration_steps": 0, "seed_steps": _first_query(settings)},
+    "no-exploration": _learner_change(
+        lambda settings: {**settings, "exploration_steps": 0, "seed_steps": _first_query(settings)}),
+    # MetaWorld frames with the Sawyer arm in them (RL-VLM-F hid it).
+    "robot-shown": lambda config: dataclasses.replace(config, env_kwargs={**config.env_kwargs, "hide_robot": False}),
 }
 
 
@@ -176,11 +186,7 @@ def task_config(task: str) -> TaskConfig:
     if base not in TASKS or (ablation and ablation not in ABLATIONS):
         raise ValueError(f"unknown task {task!r}: use one of {sorted(TASKS)}, optionally with +<ablation>, "
                          f"an ablation of {sorted(ABLATIONS)}")
-    config = TASKS[base]
-    if not ablation:
-        return config
-    change = ABLATIONS[ablation]
-    return dataclasses.replace(config, learner={size: change(settings) for size, settings in config.learner.items()})
+    return ABLATIONS[ablation](TASKS[base]) if ablation else TASKS[base]
 
 
 def base_task(task: str) -> str:
@@ -264,13 +270,13 @@ def run_one(
     torch.set_num_threads(1)
     config = task_config(task)
     learned = source != "true"
-    env = gym.make(config.env_id, render_mode="rgb_array" if learned else None)
+    env = gym.make(config.env_id, render_mode="rgb_array" if learned else None, **config.env_kwargs)
     if learned:
         simulated = labeler is None
         labeler = simulated_labeler(source, seed) if simulated else labeler
         env = VLMRewardWrapper(env, goal=goal_for(config.env_id), labeler=labeler, seed=seed,
                                asynchronous=not simulated, **config.learner[size])
-    eval_env = gym.make(config.env_id)
+    eval_env = gym.make(config.env_id, **config.env_kwargs)
     scorer = TrueScoreCallback(eval_env, config.eval_every[size], config.eval_episodes, config.metric)
     algo_cls = getattr(stable_baselines3, config.algo)
     algo_kwargs = dict(config.algo_kwargs)

@@ -162,6 +162,7 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     # Without exploration the first query stays where it was: after RL-VLM-F's 1,000 + 9,000 steps.
     assert harness.task_config("drawer-open+no-exploration").learner["full"]["seed_steps"] == 10_000
     assert harness.task_config("pendulum+shift4").learner["full"]["augment_shift"] == 4
+    assert harness.task_config("drawer-open+robot-shown").env_kwargs == {"hide_robot": False}
     with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
         harness.task_config("pendulum+nope")
     with pytest.raises(SystemExit):
@@ -178,7 +179,7 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
 
     monkeypatch.setattr(harness, "run_one", fake_run)
     monkeypatch.setattr(harness, "random_score", lambda *args: -50.0)
-    monkeypatch.setitem(harness.ABLATIONS, "bigger", lambda settings: {**settings, "pairs_per_query": 20})
+    monkeypatch.setitem(harness.ABLATIONS, "bigger", harness._learner_change(lambda s: {**s, "pairs_per_query": 20}))
     results = harness.run_benchmark("smoke", [tiny_task, f"{tiny_task}+bigger"], ["true", "oracle"], [0], tmp_path)
     assert ("tiny+bigger", "true") not in calls and len(calls) == 3  # the task's truth is not run twice
     changed = next(r for r in results if r["task"] == "tiny+bigger")

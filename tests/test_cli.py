@@ -18,3 +18,12 @@ def test_train_prints_a_readable_summary(capsys):
           "--pairs-per-query", "5", "--epochs-per-update", "1", "--eval-episodes", "1"])
     out = capsys.readouterr().out
     assert "true return (trained policy)" in out and "labels used" in out and "label accuracy" in out
+
+
+def test_train_takes_the_exploration_and_augmentation_settings(capsys):
+    # 50 seed steps and 100 of exploration: the only batch goes out at step 150, not at 50 and 150.
+    main(["train", "--algo", "A2C", "--steps", "200", "--seed-steps", "50", "--exploration-steps", "100",
+          "--query-every", "100", "--pairs-per-query", "5", "--epochs-per-update", "1", "--augment-shift", "2",
+          "--eval-episodes", "1", "--json"])
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["queries_sent"] == 5 and figures["reward_model_updates"] == 1

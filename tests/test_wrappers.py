@@ -177,3 +177,20 @@ def test_metrics_reach_sb3_logger(cartpole, tmp_path):
     assert -100 * np.pi / 2 <= float(rows[-1]["vlm/gt_episode_return"]) < 0
     assert float(rows[-1]["vlm/gt_episode_length"]) == 100
     env.close()
+
+
+def test_a_run_that_rendered_a_classic_control_env_still_stops_on_sigterm():
+    """pygame's SDL would take SIGTERM over at the first render and ignore it (a scheduler could not stop
+    the run); importing the package keeps the default."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time, gymnasium as gym, vlm_reward_wrappers\n"
+            "env = gym.make('vlmrw/CartPoleAngle-v0', render_mode='rgb_array'); env.reset(seed=0); env.render()\n"
+            "os.kill(os.getpid(), signal.SIGTERM); time.sleep(10); print('alive')")
+    env = {k: v for k, v in os.environ.items() if k != "SDL_NO_SIGNAL_HANDLERS"}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "SDL_VIDEODRIVER": "dummy"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM and "alive" not in done.stdout

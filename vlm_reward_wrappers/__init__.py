@@ -1,5 +1,11 @@
 """vlm_reward_wrappers: train any SB3 agent on a reward learned from a VLM's preferences between frames."""
 
+import os
+
+# When a classic-control env first renders, pygame's SDL takes SIGTERM over and ignores it: a training run
+# could then not be stopped by `kill` or a cluster scheduler's SIGTERM. SDL reads this hint when it starts.
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+
 from vlm_reward_wrappers import envs  # noqa: F401  (registers the vlmrw/ env ids)
 from vlm_reward_wrappers.callbacks import VLMMetricsCallback
 from vlm_reward_wrappers.config import PRESETS, LearnerConfig

@@ -1,5 +1,6 @@
 """benchmarks/harness.py and its entry point benchmarks/run.py, on a tiny task."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -186,3 +187,18 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     assert changed["final_norm"] == pytest.approx(0.75)  # (-20 - -50) / (-10 - -50)
     table = (tmp_path / "ablation.md").read_text()
     assert "| tiny | bigger | oracle | 1 / 1 | 0.50 | 0.75 | +0.25 |" in table
+
+
+def test_a_tasks_env_arguments_reach_the_training_and_evaluation_envs(tiny_task, monkeypatch):
+    made = []
+    real_make = harness.gym.make
+
+    def make(env_id, **kwargs):
+        made.append(kwargs)
+        return real_make(env_id, **kwargs)
+
+    monkeypatch.setattr(harness.gym, "make", make)
+    monkeypatch.setitem(harness.TASKS, "short", dataclasses.replace(harness.TASKS[tiny_task],
+                                                                    env_kwargs={"max_episode_steps": 20}))
+    harness.run_one("short", "true", 0, "smoke")
+    assert made == [{"render_mode": None, "max_episode_steps": 20}, {"max_episode_steps": 20}]

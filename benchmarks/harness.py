@@ -160,9 +160,6 @@ SMOKE_TASKS = ("cartpole-angle", "cloth-fold", "drawer-open")
 #: What the full size runs: PPO and SAC on classic control, MetaWorld, rope and cloth.
 FULL_TASKS = ("cartpole-angle", "cartpole-angle-ppo", "pendulum", "pendulum-ppo", "drawer-open", "sweep-into", "rope",
               "cloth-fold")
-def _first_query(settings: dict) -> int:
-    config = make_config(**settings)
-    return config.seed_steps + config.exploration_steps
 
 
 def _learner_change(change: Callable[[dict], dict]) -> Callable[[TaskConfig], TaskConfig]:
@@ -176,8 +173,8 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # DrQ's and SURF's random shift of the reward model's training frames.
     "shift4": _learner_change(lambda settings: {**settings, "augment_shift": 4}),
     # Without PEBBLE's exploration, the first query at the same step.
-    "no-exploration": _learner_change(
-        lambda settings: {**settings, "exploration_steps": 0, "seed_steps": _first_query(settings)}),
+    "no-exploration": _learner_change(lambda settings: {
+        **settings, "exploration_steps": 0, "seed_steps": make_config(**settings).first_query_step}),
     # MetaWorld frames with the Sawyer arm in them (RL-VLM-F hid it).
     "robot-shown": lambda config: dataclasses.replace(config, env_kwargs={**config.env_kwargs, "hide_robot": False}),
 }
@@ -494,8 +491,11 @@ def run_benchmark(
         done.append(result)
     tasks = list(dict.fromkeys([*tasks, *map(base_task, tasks)]))  # an ablation's task holds its truth
     results = [r for r in done if r["size"] == size and r["task"] in tasks]
-    configs = {t: task_config(t) for t in tasks}
-    random = {t: random_score(c.env_id, c.eval_episodes, c.metric) for t, c in configs.items()}
+    # One random-action floor per env and measure, computed once: an ablation shares its task's (and
+    # MetaWorld's floor differs from one computation to the next).
+    keys = {t: (c.env_id, c.eval_episodes, c.metric) for t, c in ((t, task_config(t)) for t in tasks)}
+    floors = {key: random_score(*key) for key in set(keys.values())}
+    random = {t: floors[key] for t, key in keys.items()}
     normalise(results, random)
     write_report(results, random, out, machine_description())
     return results

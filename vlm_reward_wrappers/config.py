@@ -103,6 +103,11 @@ class LearnerConfig:
             raise ValueError(f"reward_lr must be positive, got {self.reward_lr}")
 
     @property
+    def first_query_step(self) -> int:
+        """The env step of the first query: after ``seed_steps`` and the exploration."""
+        return self.seed_steps + self.exploration_steps
+
+    @property
     def pending_limit(self) -> int:
         """``max_pending``, or twice ``pairs_per_query`` when unset."""
         return 2 * self.pairs_per_query if self.max_pending is None else self.max_pending

@@ -110,9 +110,9 @@ class PreferenceLearner:
         self._drawn_steps: Set[FrozenSet[int]] = set()
         self.num_timesteps = 0
         self.queries_issued = 0
-        self._next_query_step = config.seed_steps + config.exploration_steps
+        self._next_query_step = config.first_query_step
         #: PEBBLE's exploration reward, paid until the first reward model is in (None without exploration).
-        self.exploration = StateEntropyReward(config.seed_steps + config.exploration_steps) if (
+        self.exploration = StateEntropyReward(config.first_query_step) if (
             config.exploration_steps and training) else None
         self._new_labels = 0
         self._labelled_pairs: Set[FrozenSet[str]] = set()

@@ -373,13 +373,14 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         "", "Random actions: " + ", ".join(f"{t} {score:.2f}" for t, score in random.items()),
     ]
     (out / "summary.md").write_text("\n".join(rows) + "\n")
-    ablation = ablation_rows(summary)
+    ablation = ablation_rows(results)
     if ablation:
         (out / "ablation.md").write_text("\n".join([
-            "Median normalized final score over seeds, the task as it is and with one change.", "",
-            "| task | change | reward source | seeds (as is / changed) | as is | changed | difference |",
+            "Median normalized final score, the task as it is and with one change, over the seeds both have run.",
+            "",
+            "| task | change | reward source | seeds | as is | changed | difference |",
             "|---|---|---|---|---|---|---|",
-            *(f"| {a['task']} | {a['change']} | {a['source']} | {a['n_seeds']} / {a['n_seeds_changed']} | "
+            *(f"| {a['task']} | {a['change']} | {a['source']} | {' '.join(map(str, a['seeds']))} | "
               f"{fmt(a['median_normalized'])} | {fmt(a['median_normalized_changed'])} | {fmt(a['difference'], '+.2f')} |"
               for a in ablation),
         ]) + "\n")
@@ -424,20 +425,25 @@ def summarise(results: List[dict]) -> List[dict]:
     return summary
 
 
-def ablation_rows(summary: List[dict]) -> List[dict]:
-    """Each ablation's summary entry beside its task's, same algo and source: median normalized final
-    score as is, changed, and the difference (None where either is undefined)."""
-    plain = {(s["task"], s["source"]): s for s in summary}
+def ablation_rows(results: List[dict]) -> List[dict]:
+    """Each ablation beside its task, same source, over the seeds both have run with a defined normalized
+    score: the median normalized final score as is, changed, and the difference. Seeds that only one side
+    has are left out, so a change is never judged against other seeds' luck."""
+    norms: Dict[tuple, Dict[int, float]] = {}
+    for r in results:
+        if r.get("final_norm") is not None:
+            norms.setdefault((r["task"], r["source"]), {})[r["seed"]] = r["final_norm"]
     rows = []
-    for changed in summary:
-        task, _, change = changed["task"].partition("+")
-        ref = plain.get((task, changed["source"]))
-        if not change or ref is None:
+    for (name, source), changed in sorted(norms.items()):
+        task, _, change = name.partition("+")
+        plain = norms.get((task, source), {})
+        seeds = sorted(set(plain) & set(changed))
+        if not change or not seeds:
             continue
-        a, b = ref["median_normalized"], changed["median_normalized"]
-        rows.append({"task": task, "change": change, "source": changed["source"], "n_seeds": ref["n_seeds"],
-                     "n_seeds_changed": changed["n_seeds"], "median_normalized": a, "median_normalized_changed": b,
-                     "difference": None if a is None or b is None else b - a})
+        a = float(np.median([plain[s] for s in seeds]))
+        b = float(np.median([changed[s] for s in seeds]))
+        rows.append({"task": task, "change": change, "source": source, "seeds": seeds,
+                     "median_normalized": a, "median_normalized_changed": b, "difference": b - a})
     return rows
 
 

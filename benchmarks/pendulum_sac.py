@@ -57,7 +57,9 @@ def run(source: str, seed: int, steps: int) -> dict:
     model.learn(steps)
     wall_s = time.perf_counter() - started
     true_return, _ = evaluate_policy(model, gym.make("Pendulum-v1"), n_eval_episodes=10)
-    result = {"source": source, "seed": seed, "steps": steps, "wall_s": wall_s, "true_return": float(true_return)}
+    # The load average says whether the wall time was taken on free cores.
+    result = {"source": source, "seed": seed, "steps": steps, "wall_s": wall_s, "true_return": float(true_return),
+              "load_avg_5m": os.getloadavg()[1]}
     if source != "true":
         env.learner.flush(timeout=120)
         m = env.learner.metrics

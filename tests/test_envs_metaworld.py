@@ -53,3 +53,15 @@ def test_sweep_into_block_is_green_as_in_the_goal():
     green = (frame[..., 1] - frame[..., 0] > 60) & (frame[..., 1] - frame[..., 2] > 60)
     assert green.sum() > 10
     env.close()
+
+
+def test_seeded_resets_repeat_across_unseeded_instances_whose_own_draws_differ():
+    first, second = make_metaworld_env("drawer-open"), make_metaworld_env("drawer-open")
+    # The random floor and the evaluation envs are built without a seed and reset with one.
+    np.testing.assert_array_equal(first.reset(seed=3)[0], second.reset(seed=3)[0])
+    third, fourth = make_metaworld_env("drawer-open"), make_metaworld_env("drawer-open")
+    # Unseeded VecEnv workers must not all run the same variations in the same order.
+    draws = [env.metaworld_env.unwrapped.np_random.integers(2**62) for env in (third, fourth)]
+    assert draws[0] != draws[1]
+    for env in (first, second, third, fourth):
+        env.close()

@@ -70,6 +70,10 @@ def rlvlmf_camera(task: str) -> Tuple[Dict[str, Any], float]:
     return camera, fovy
 
 
+#: The seed of MT1's task variations when MetaWorldEnv is built without one.
+_DEFAULT_SEED = 0
+
+
 class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
     """A MetaWorld task (MT1: its 50 variations, 500-step episodes, ``info["success"]``) framed as in RL-VLM-F.
 
@@ -81,7 +85,8 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
     Frames come from this env's own renderer (shadows off, no multisampling), not MetaWorld's. Named
     cameras that look at the scene upside down (MetaWorld's corner and behindGripper cameras) are turned
     half a turn about their axis. ``reset(seed=...)`` reseeds MetaWorld's random generator, which its own
-    reset ignores, so seeded resets pick the same task variation. For sweep-into the block is green, as in
+    reset ignores, so seeded resets pick the same task variation, in every instance built with the same
+    ``seed`` (``None`` included). For sweep-into the block is green, as in
     RL-VLM-F (its goal names "the green cube").
 
     :param task: MetaWorld task name, with or without "-v3".
@@ -92,7 +97,8 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
         "gripperPOV"), or a free-camera pose dict with keys lookat, distance, azimuth, elevation.
     :param hide_robot: leave the Sawyer arm, its gripper and the marker sites out of frames, as RL-VLM-F's
         frames did (its metaworld fork made them transparent); also 2 to 5 times faster to render.
-    :param seed: MetaWorld's seed (task variations, random resets).
+    :param seed: MetaWorld's seed (which 50 task variations, and unseeded resets). ``None``: the variations
+        of seed 0, chosen among at random.
     :param mt1_kwargs: more arguments of ``gym.make("Meta-World/MT1", ...)`` (e.g. ``max_episode_steps``).
     """
 
@@ -123,10 +129,16 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
         self.height, self.width = image_shape(render_size)
         # MetaWorld's own observation bounds are wrong before the first task is set (see below), so its
         # env checker would warn on every reset; this env is checked as a whole instead.
+        # MT1 draws its 50 variations from numpy's global generator when unseeded, so two instances would
+        # differ and reset(seed=s) would repeat a start only within one; the variations always come from a
+        # seed, and only the choice among them is left unseeded (VecEnv workers built alike must differ).
         self.metaworld_env = gym.make(
-            "Meta-World/MT1", env_name=self.task, seed=seed, disable_env_checker=True, **mt1_kwargs
+            "Meta-World/MT1", env_name=self.task, seed=_DEFAULT_SEED if seed is None else seed,
+            disable_env_checker=True, **mt1_kwargs
         )
         sawyer = self.metaworld_env.unwrapped
+        if seed is None:
+            sawyer.seed(int(np.random.SeedSequence().generate_state(1)[0]))
         # MetaWorld builds its observation space before a task makes the goal observable and does not
         # update it after; the space of the tasks this env runs has the goal's bounds.
         sawyer.set_task(self.metaworld_env.get_wrapper_attr("tasks")[0])

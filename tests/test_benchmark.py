@@ -35,6 +35,7 @@ def test_benchmark_writes_table_curves_and_normalised_scores(tiny_task, tmp_path
     truth, noisy = results
     assert truth["final_norm"] == pytest.approx(1.0) and truth["queries"] == 0
     assert noisy["queries"] == 20 and 0.4 < noisy["label_accuracy"] < 0.95  # batches at steps 100 and 200
+    assert -1.0 <= noisy["gt_correlation"] <= 1.0 and "gt_correlation" not in truth
     assert [step for step, _ in noisy["curve"]] == [0, 128, 256]
     table = (tmp_path / "results.md").read_text()
     assert "| tiny | mistake-0.3 | PPO | 0 | 256 |" in table and "Machine:" in table
@@ -164,6 +165,8 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     assert harness.task_config("drawer-open+no-exploration").learner["full"]["seed_steps"] == 10_000
     assert harness.task_config("pendulum+shift4").learner["full"]["augment_shift"] == 4
     assert harness.task_config("drawer-open+robot-shown").env_kwargs == {"hide_robot": False}
+    both = harness.task_config("drawer-open+robot-shown+dense-queries")  # changes chain, left to right
+    assert both.env_kwargs == {"hide_robot": False} and both.learner["full"]["query_every"] == 1000
     with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
         harness.task_config("pendulum+nope")
     with pytest.raises(SystemExit):
@@ -189,6 +192,11 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     harness.run_benchmark("smoke", [tiny_task], ["true", "oracle"], [1], tmp_path)
     table = (tmp_path / "ablation.md").read_text()
     assert "| tiny | bigger | oracle | 0 | 0.50 | 0.75 | +0.25 |" in table
+    # A chained ablation is set beside the task without its last change.
+    runs = [{"task": t, "source": "oracle", "seed": 0, "final_norm": n} for t, n in
+            [("a", 0.1), ("a+b", 0.4), ("a+b+c", 0.9)]]
+    assert [(r["task"], r["change"], r["difference"]) for r in harness.ablation_rows(runs)] == [
+        ("a", "b", pytest.approx(0.3)), ("a+b", "c", pytest.approx(0.5))]
 
 
 def test_a_tasks_env_arguments_reach_the_training_and_evaluation_envs(tiny_task, monkeypatch):

@@ -1,11 +1,16 @@
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from stable_baselines3 import SAC
 
 from conftest import GOAL
 from vlm_reward_wrappers import OracleLabeler, RelabelingReplayBuffer, VLMRewardWrapper
 from vlm_reward_wrappers.frames import resize_frame
+from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
+from vlm_reward_wrappers.reward_model import RewardModel
 
 
 class StepRecorder(gym.Wrapper):
@@ -30,19 +35,22 @@ class StepRecorder(gym.Wrapper):
         return frame
 
 
-@pytest.mark.parametrize("reward_input, learn_calls", [
-    ("frame", 1),
-    ("observation", 1),
-    ("frame", 2),  # training resumed with a second learn() call and the same replay buffer
-    ("observation", 2),
+@pytest.mark.parametrize("reward_input, learn_calls, background", [
+    ("frame", 1, False),
+    ("observation", 1, False),
+    ("frame", 2, False),  # training resumed with a second learn() call and the same replay buffer
+    ("observation", 2, False),
+    ("frame", 1, True),
 ])
-def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(cartpole, reward_input, learn_calls):
+def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(cartpole, reward_input, learn_calls,
+                                                                              background):
     below = StepRecorder(cartpole)  # sees the frame and next observation of each step
     env = VLMRewardWrapper(below, goal=GOAL, labeler=OracleLabeler(), reward_input=reward_input, seed=0,
                            seed_steps=100, query_every=100, pairs_per_query=20, asynchronous=False)
     above = StepRecorder(env)  # sees the reward the agent was given when the step was taken
     model = SAC("MlpPolicy", above, learning_starts=50, buffer_size=5000, seed=0,
-                replay_buffer_class=RelabelingReplayBuffer)
+                replay_buffer_class=RelabelingReplayBuffer,
+                replay_buffer_kwargs=dict(relabel_in_background=background))
     steps = 320  # 3 episodes of 100 steps and some: terminal transitions included
     # Queries at steps 100, 200 and 300; their labels arrive, and the model is updated, a step later.
     if learn_calls == 1:
@@ -52,7 +60,9 @@ def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(c
         model.learn(steps - 150, reset_num_timesteps=False)
 
     learner, buffer = env.learner, model.replay_buffer
-    assert learner.reward_model.version == 3 and buffer.relabels == 3
+    if background:
+        buffer.finish_relabel()
+    assert learner.reward_model.version == 3 and (buffer.relabels >= 3 if background else buffer.relabels == 3)
     assert buffer.pos == steps == len(below.next_observations) and not buffer.full
     # Slot i holds step i: its next observation is the one step i returned (the terminal one at an end).
     np.testing.assert_array_equal(buffer.next_observations[:steps, 0], np.stack(below.next_observations))
@@ -71,6 +81,39 @@ def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(c
     env.close()
 
 
+def test_background_relabelling_never_stalls_sampling_and_keeps_the_rewards_of_slots_written_meanwhile(monkeypatch):
+    model = RewardModel("observation", (2,), ensemble_size=1, seed=0)
+    key = register_reward_model(model)
+    buffer = RelabelingReplayBuffer(8, spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
+    release = threading.Event()
+    predict = RewardModel.predict
+
+    def blocked_off_the_main_thread(self, inputs, batch_size=1024):
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10)
+        return predict(self, inputs, batch_size)
+
+    monkeypatch.setattr(RewardModel, "predict", blocked_off_the_main_thread)
+
+    def add(i):
+        x = np.full((1, 2), i / 10, dtype=np.float32)
+        buffer.add(x, x, np.zeros((1, 1)), np.array([-1.0 - i]), np.array([False]),
+                   [{REWARD_INPUT_KEY: x[0], REWARD_MODEL_KEY: key}])
+
+    for i in range(8):
+        add(i)
+    inputs = buffer.reward_inputs[:, 0].copy()
+    model.version += 1  # a new reward model: the whole buffer is due for relabelling
+    buffer.sample(4)  # starts the pass and returns while it is blocked
+    assert buffer.relabels == 0 and buffer.rewards[:, 0].tolist() == [-1.0 - i for i in range(8)]
+    add(8), add(9)  # the ring buffer overwrites slots 0 and 1 during the pass
+    release.set()
+    buffer.finish_relabel()
+    assert buffer.relabels == 1
+    assert buffer.rewards[:2, 0].tolist() == [-9.0, -10.0]  # what their steps were given
+    np.testing.assert_allclose(buffer.rewards[2:, 0], predict(model, inputs[2:]), atol=1e-6)
+
+
 def test_the_buffer_needs_a_vlm_wrapper(cartpole):
     with pytest.raises(ValueError, match="needs the env wrapped in VLMRewardWrapper"):
         SAC("MlpPolicy", cartpole, learning_starts=10, replay_buffer_class=RelabelingReplayBuffer).learn(5)
@@ -87,6 +130,7 @@ def test_a_saved_and_loaded_buffer_relabels_with_the_live_model(cartpole, tmp_pa
     assert buffer.reward_model is None and buffer.pos == 120  # the model was not pickled with it
     model.learn(10, reset_num_timesteps=False)
     assert buffer.reward_model is env.learner.reward_model
+    buffer.finish_relabel()
     expected = env.learner.reward_model.predict(buffer.reward_inputs[: buffer.pos, 0])
     np.testing.assert_allclose(buffer.rewards[: buffer.pos, 0], expected, atol=1e-5)
     env.close()

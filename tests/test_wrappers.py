@@ -153,6 +153,7 @@ def test_three_lines_with_sac_and_relabelling(cartpole):
                            pairs_per_query=10)
     model = SAC("MlpPolicy", env, learning_starts=50, seed=0, replay_buffer_class=RelabelingReplayBuffer)
     model.learn(300)
+    model.replay_buffer.finish_relabel()
     assert model.replay_buffer.relabels >= 1
     env.close()
 

@@ -11,7 +11,9 @@ transition, in the slot SB3 writes the transition to, so rewards and inputs cann
 
 from __future__ import annotations
 
+import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
@@ -40,17 +42,36 @@ def reward_model_for(key: int) -> Optional[RewardModel]:
     return _MODELS.get(key)
 
 
+@dataclass
+class _RelabelJob:
+    """A relabelling pass running beside the training loop, on a snapshot of the reward model."""
+
+    version: int
+    size: int  # slots [0, size) are relabelled
+    pos: int  # where the buffer wrote next when the pass started
+    adds: int  # transitions added before the pass started
+    thread: threading.Thread
+    rewards: Optional[np.ndarray] = None
+    error: Optional[BaseException] = None
+
+
 class RelabelingReplayBuffer(ReplayBuffer):
     """SB3's :class:`ReplayBuffer` that recomputes every stored reward with the current reward model.
 
     Each transition's reward-model input (a frame: 64 px are 12 KB; or an observation) is kept in an
     array grown as the buffer fills and never larger than it (set the algorithm's ``buffer_size`` to
-    bound it). When the reward model's version has changed since the last sample, :meth:`sample`
-    relabels the whole buffer first, in batches of ``relabel_batch_size``.
+    bound it). When the reward model's version has changed, :meth:`sample` starts relabelling the whole
+    buffer, in batches of ``relabel_batch_size``, with a copy of that version.
+
+    In the background (default), the pass runs in a thread and SB3 goes on sampling the rewards as they
+    were until a later :meth:`sample` finds the pass done and takes its rewards in; slots written in
+    the meantime keep the rewards their own steps were given. A pass over 15,000 frames takes seconds
+    of CPU, which would otherwise stall training at every update. :meth:`finish_relabel` waits for it.
 
     Arguments are SB3's, plus:
 
     :param relabel_batch_size: inputs per reward-model forward pass while relabelling.
+    :param relabel_in_background: relabel beside training; False relabels inside :meth:`sample`.
     """
 
     def __init__(
@@ -63,21 +84,25 @@ class RelabelingReplayBuffer(ReplayBuffer):
         optimize_memory_usage: bool = False,
         handle_timeout_termination: bool = True,
         relabel_batch_size: int = 1024,
+        relabel_in_background: bool = True,
     ) -> None:
         super().__init__(buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,
                          handle_timeout_termination)
         self.relabel_batch_size = relabel_batch_size
+        self.relabel_in_background = relabel_in_background
         self.reward_model: Optional[RewardModel] = None
         self.reward_inputs: Optional[np.ndarray] = None
         self._version: Optional[int] = None
-        #: Relabelling passes done.
+        self._adds = 0
+        self._job: Optional[_RelabelJob] = None
+        #: Relabelling passes whose rewards were taken in.
         self.relabels = 0
 
     def __getstate__(self) -> dict:
         # SB3's save_replay_buffer pickles the buffer: the stored inputs go with it, the reward model does
         # not (a copy would go stale); the next add finds the live one again.
         state = dict(self.__dict__)
-        state["reward_model"], state["_version"] = None, None
+        state["reward_model"], state["_version"], state["_job"] = None, None, None
         return state
 
     def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
@@ -92,21 +117,69 @@ class RelabelingReplayBuffer(ReplayBuffer):
             self._grow(inputs)
         self.reward_inputs[self.pos] = inputs
         super().add(obs, next_obs, action, reward, done, infos)
+        self._adds += 1
 
     def sample(self, batch_size: int, env=None):
-        if self.reward_model is not None and self.reward_model.version != self._version:
-            self.relabel()
+        if self.reward_model is not None:
+            if self._job is not None and not self._job.thread.is_alive():
+                self._take_in(self._job)
+            if self._job is None and self.reward_model.version != self._version:
+                if self.relabel_in_background:
+                    self._start_relabel()
+                else:
+                    self.relabel()
         return super().sample(batch_size, env)
 
     def relabel(self) -> None:
-        """Recompute every stored reward with the current reward model."""
+        """Recompute every stored reward with the current reward model, now."""
         size = self.buffer_size if self.full else self.pos
         self._version = self.reward_model.version
-        if size == 0:
-            return
+        if size:
+            self.rewards[:size] = self._scores(self.reward_model, size)
+            self.relabels += 1
+
+    def finish_relabel(self) -> None:
+        """Wait for a background pass and take its rewards in, then relabel now if the reward model has
+        changed since it started: afterwards every stored reward is the current model's."""
+        if self._job is not None:
+            self._job.thread.join()
+            self._take_in(self._job)
+        if self.reward_model is not None and self.reward_model.version != self._version:
+            self.relabel()
+
+    def _scores(self, model: RewardModel, size: int) -> np.ndarray:
         inputs = self.reward_inputs[:size]
         flat = inputs.reshape(-1, *inputs.shape[2:])
-        self.rewards[:size] = self.reward_model.predict(flat, self.relabel_batch_size).reshape(size, self.n_envs)
+        return model.predict(flat, self.relabel_batch_size).reshape(size, self.n_envs)
+
+    def _start_relabel(self) -> None:
+        size = self.buffer_size if self.full else self.pos
+        # A copy: the wrapper swaps new weights into the live model, which must not happen mid-pass.
+        snapshot = self.reward_model.clone()
+
+        def run() -> None:
+            try:
+                job.rewards = self._scores(snapshot, size)
+            except BaseException as error:  # raised again where the main thread takes the pass in
+                job.error = error
+
+        job = _RelabelJob(snapshot.version, size, self.pos, self._adds, threading.Thread(target=run, daemon=True))
+        self._job = job
+        job.thread.start()
+
+    def _take_in(self, job: _RelabelJob) -> None:
+        self._job = None
+        if job.error is not None:
+            raise RuntimeError("relabelling the replay buffer failed") from job.error
+        keep = np.ones(job.size, dtype=bool)
+        written = self._adds - job.adds
+        if written >= self.buffer_size:
+            keep[:] = False
+        else:  # slots the ring buffer overwrote since: their steps' own rewards stay
+            overwritten = (job.pos + np.arange(written)) % self.buffer_size
+            keep[overwritten[overwritten < job.size]] = False
+        self.rewards[: job.size][keep] = job.rewards[keep]
+        self._version = job.version
         self.relabels += 1
 
     def _grow(self, inputs: np.ndarray) -> None:

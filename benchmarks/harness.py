@@ -366,13 +366,15 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
         "(score - random) / (true-reward run - random): 0 is random actions, 1 the true-reward agent; "
         "n/a where the true-reward run did not beat random actions.",
         "",
-        "| task | reward source | algo | seed | steps | final | final (norm.) | AUC (norm.) | success | queries | label acc. | wall s | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | reward source | algo | seed | steps | final | final (norm.) | AUC (norm.) | success | queries | label acc. | "
+        "reward-true corr. | wall s | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['task']} | {r['source']} | {r['algo']} | {r['seed']} | {r['steps']} | {fmt(r['final'])} | "
             f"{fmt(r.get('final_norm'))} | {fmt(r.get('auc_norm'))} | {fmt(r.get('final_success'))} | {r['queries']} | {fmt(r['label_accuracy'])} | "
+            f"{fmt(r.get('gt_correlation'))} | "
             f"{r['wall_s']:.0f} | {r['env_steps_per_s']:.0f} |"
         )
     lines += ["", "Random actions: " + ", ".join(f"{t} {s:.2f}" for t, s in random.items())]

@@ -38,7 +38,8 @@ def main() -> None:
                                                  eval_every={"full": max(1, args.steps // 6)},
                                                  algo_kwargs={**base.algo_kwargs, **args.algo_kwargs})
     result = harness.run_one("probe", "true", args.seed, "full")
-    result.update(task=args.task, algo_kwargs=args.algo_kwargs, random=harness.random_score(base.env_id, base.eval_episodes, base.metric))
+    result.update(task=args.task, algo_kwargs=args.algo_kwargs,
+                  random=harness.random_score(base.env_id, base.eval_episodes, base.metric))
     out = HERE / "results" / "full" / "budget_probes.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:

@@ -516,8 +516,7 @@ def run_benchmark(
         done.append(result)
     tasks = list(dict.fromkeys([*tasks, *map(base_task, tasks)]))  # an ablation's task holds its truth
     results = [r for r in done if r["size"] == size and r["task"] in tasks]
-    # One random-action floor per env and measure, computed once: an ablation shares its task's (and
-    # MetaWorld's floor differs from one computation to the next).
+    # One random-action floor per env and measure, computed once: an ablation shares its task's.
     keys = {t: (c.env_id, c.eval_episodes, c.metric) for t, c in ((t, task_config(t)) for t in tasks)}
     floors = {key: random_score(*key) for key in set(keys.values())}
     random = {t: floors[key] for t, key in keys.items()}

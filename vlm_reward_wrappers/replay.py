@@ -132,7 +132,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
     def relabel(self) -> None:
         """Recompute every stored reward with the current reward model, now."""
-        size = self.buffer_size if self.full else self.pos
+        size = self.size()
         self._version = self.reward_model.version
         if size:
             self.rewards[:size] = self._scores(self.reward_model, size)
@@ -153,7 +153,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
         return model.predict(flat, self.relabel_batch_size).reshape(size, self.n_envs)
 
     def _start_relabel(self) -> None:
-        size = self.buffer_size if self.full else self.pos
+        size = self.size()
         # A copy: the wrapper swaps new weights into the live model, which must not happen mid-pass.
         snapshot = self.reward_model.clone()
 

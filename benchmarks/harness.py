@@ -186,6 +186,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # RL-VLM-F's 40 pairs every 1,000 steps instead of every 4,000: its 1,000,000-step runs sent about
     # 10,000 queries, which the 40,000 steps that fit here would reach only in part.
     "dense-queries": _learner_change(lambda settings: {**settings, "query_every": 1000}),
+    # RL-VLM-F's SAC starts its entropy coefficient at 0.1 (SB3: 1), still learned: the learned reward has
+    # unit variance, where MetaWorld's true one moves by up to 10 a step.
+    "alpha-0.1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"}),
     # MetaWorld frames with the Sawyer arm in them (RL-VLM-F hid it).
     "robot-shown": lambda config: dataclasses.replace(config, env_kwargs={**config.env_kwargs, "hide_robot": False}),
 }
@@ -472,6 +475,22 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} on CPU, 1 thread"
 
 
+def random_floors(tasks: Sequence[str], cache: Path) -> Dict[str, float]:
+    """The random-action score of each task: one per (env, episodes, metric), shared by a task's ablations.
+
+    Seeded, so a floor never changes: each is computed once and kept in ``cache`` (JSON), because a
+    MetaWorld, rope or cloth floor takes minutes.
+    """
+    floors = json.loads(cache.read_text()) if cache.exists() else {}
+    keys = {t: (c.env_id, c.eval_episodes, c.metric) for t, c in ((t, task_config(t)) for t in tasks)}
+    for key in dict.fromkeys(keys.values()):
+        name = "|".join(map(str, key))
+        if name not in floors:
+            floors[name] = random_score(*key)
+            cache.write_text(json.dumps(floors, indent=1, sort_keys=True) + "\n")
+    return {t: floors["|".join(map(str, key))] for t, key in keys.items()}
+
+
 def run_benchmark(
     size: str,
     tasks: Sequence[str],
@@ -485,7 +504,8 @@ def run_benchmark(
 
     Resumable: each finished run is appended to ``out/results.jsonl`` at once, and a run already there
     (same task, source, seed and size) is skipped, so the same command finishes a grid over several
-    sittings. The report (results.md, summary.json, curves) covers every run in the file.
+    sittings. The report (results.md, summary.json, curves) covers every run of ``size`` in the file,
+    whichever tasks this call ran.
 
     :param labelers: factories of real labelers by source name (e.g. "clip", "vlm").
     :param report_only: run nothing: rewrite the report of the runs already in the file (e.g. once two
@@ -514,12 +534,11 @@ def run_benchmark(
         with open(path, "a") as f:  # at once: a session may end mid-grid
             f.write(json.dumps(result) + "\n")
         done.append(result)
+    # Every task of the file, not only this sitting's: two grids may append to one file side by side.
+    results = [r for r in done if r["size"] == size]
+    tasks = list(dict.fromkeys([*tasks, *(r["task"] for r in results)]))
     tasks = list(dict.fromkeys([*tasks, *map(base_task, tasks)]))  # an ablation's task holds its truth
-    results = [r for r in done if r["size"] == size and r["task"] in tasks]
-    # One random-action floor per env and measure, computed once: an ablation shares its task's.
-    keys = {t: (c.env_id, c.eval_episodes, c.metric) for t, c in ((t, task_config(t)) for t in tasks)}
-    floors = {key: random_score(*key) for key in set(keys.values())}
-    random = {t: floors[key] for t, key in keys.items()}
+    random = random_floors(tasks, out / "random_floors.json")
     normalise(results, random)
     write_report(results, random, out, machine_description())
     return results

@@ -111,6 +111,14 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     assert oracle["iqr_normalized"] == pytest.approx(1 / 40) and oracle["median_queries"] == 30
     assert oracle["median_wall_s"] == 11.0 and summary["true"]["median_normalized"] == 1.0
     assert f"| {tiny_task} | PPO | oracle | 3 | 0.72 | 0.03 | -21.00 | 30 | 11 |" in (tmp_path / "summary.md").read_text()
+    # A sitting of another task reports both; the floor kept from the first sitting is not computed again.
+    monkeypatch.setitem(harness.TASKS, "other", dataclasses.replace(harness.TASKS[tiny_task], env_id="Pendulum-v1"))
+    floors = []
+    monkeypatch.setattr(harness, "random_score", lambda *args: floors.append(args[0]) or -100.0)
+    harness.run_benchmark("smoke", ["other"], ["true"], [0], tmp_path)
+    assert floors == ["Pendulum-v1"]
+    assert {(s["task"], s["source"]) for s in json.loads((tmp_path / "summary.json").read_text())} == {
+        (tiny_task, "true"), (tiny_task, "oracle"), ("other", "true")}
 
 
 def test_realistic_teacher_is_a_simulated_source():

@@ -42,7 +42,7 @@ def test_the_first_query_waits_for_the_exploration_and_the_reward_is_the_explora
                            query_every=100, pairs_per_query=20, asynchronous=False)
     above = StepRecorder(env)
     model = SAC("MlpPolicy", above, learning_starts=50, buffer_size=5000, seed=0,
-                replay_buffer_class=RelabelingReplayBuffer)
+                replay_buffer_class=RelabelingReplayBuffer, replay_buffer_kwargs=dict(relabel_in_background=False))
     model.learn(260)
     learner = env.learner
     # One query batch, at step 200 (50 seed steps + 150 of exploration), not at 50, 150 and 250.

@@ -41,13 +41,15 @@ def test_sac_on_the_learned_frame_reward_balances_the_pole():
         gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=OracleLabeler(), seed=0,
         seed_steps=500, query_every=1000, pairs_per_query=50, epochs_per_update=20, asynchronous=False,
     )
-    model = SAC("MlpPolicy", env, learning_starts=500, seed=0, replay_buffer_class=RelabelingReplayBuffer)
+    # Relabelling inside sample(): in a thread, the step its rewards land at would depend on the machine's load.
+    model = SAC("MlpPolicy", env, learning_starts=500, seed=0, replay_buffer_class=RelabelingReplayBuffer,
+                replay_buffer_kwargs=dict(relabel_in_background=False))
     model.learn(5000)
     metrics = env.learner.metrics
     env.close()
     trained, _ = evaluate_policy(model, gym.make("vlmrw/CartPoleAngle-v0"), n_eval_episodes=5)
     random = random_score("vlmrw/CartPoleAngle-v0", episodes=5)
-    # True return is -sum |angle| over 100 steps: random actions drop the pole (about -90); measured -1.3.
+    # True return is -sum |angle| over 100 steps: random actions drop the pole (about -90); measured -5.2.
     assert random < -60
     assert trained > random + 50
     assert metrics["labels_used"] == 250 and metrics["label_accuracy"] == 1.0

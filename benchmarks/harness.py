@@ -475,6 +475,11 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} on CPU, 1 thread"
 
 
+def read_results(path: Path) -> List[dict]:
+    """The runs of a results file (one JSON line a run); none if there is no file yet."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def random_floors(tasks: Sequence[str], cache: Path) -> Dict[str, float]:
     """The random-action score of each task: one per (env, episodes, metric), shared by a task's ablations.
 
@@ -523,8 +528,7 @@ def run_benchmark(
     pyplot()  # a missing matplotlib is reported before the runs, not after them
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in done}
+    finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in read_results(path)}
     jobs = [] if report_only else [
         (t, s, seed) for t in tasks for seed in seeds for s in sources
         if (t, s, seed, size) not in finished and not (s == "true" and t != base_task(t))]
@@ -533,9 +537,8 @@ def run_benchmark(
         result = run_one(task, source, seed, size, factory() if factory else None)
         with open(path, "a") as f:  # at once: a session may end mid-grid
             f.write(json.dumps(result) + "\n")
-        done.append(result)
-    # Every task of the file, not only this sitting's: two grids may append to one file side by side.
-    results = [r for r in done if r["size"] == size]
+    # Every run of the file as it is now, not only this sitting's: another grid may append to it meanwhile.
+    results = [r for r in read_results(path) if r["size"] == size]
     tasks = list(dict.fromkeys([*tasks, *(r["task"] for r in results)]))
     tasks = list(dict.fromkeys([*tasks, *map(base_task, tasks)]))  # an ablation's task holds its truth
     random = random_floors(tasks, out / "random_floors.json")

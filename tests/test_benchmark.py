@@ -115,10 +115,18 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     monkeypatch.setitem(harness.TASKS, "other", dataclasses.replace(harness.TASKS[tiny_task], env_id="Pendulum-v1"))
     floors = []
     monkeypatch.setattr(harness, "random_score", lambda *args: floors.append(args[0]) or -100.0)
+
+    def run_beside_another_grid(task, source, seed, size, labeler=None):
+        with open(tmp_path / "results.jsonl", "a") as f:  # a grid in another process finishes a run meanwhile
+            f.write(json.dumps({**fake_run(tiny_task, "oracle", 3, size), "final": -40.0}) + "\n")
+        return fake_run(task, source, seed, size)
+
+    monkeypatch.setattr(harness, "run_one", run_beside_another_grid)
     harness.run_benchmark("smoke", ["other"], ["true"], [0], tmp_path)
     assert floors == ["Pendulum-v1"]
-    assert {(s["task"], s["source"]) for s in json.loads((tmp_path / "summary.json").read_text())} == {
-        (tiny_task, "true"), (tiny_task, "oracle"), ("other", "true")}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {(s["task"], s["source"]) for s in summary} == {(tiny_task, "true"), (tiny_task, "oracle"), ("other", "true")}
+    assert next(s for s in summary if s["source"] == "oracle")["n_seeds"] == 4
 
 
 def test_realistic_teacher_is_a_simulated_source():

@@ -25,7 +25,7 @@ from PIL import Image
 
 import vlm_reward_wrappers  # noqa: F401  (registers the vlmrw/ ids)
 from vlm_reward_wrappers.envs.mujoco_setup import import_mujoco, select_mujoco_gl
-from vlm_reward_wrappers.envs.scripted import flatten_cloth, fold_cloth, straighten_rope
+from vlm_reward_wrappers.envs.scripted import flatten_cloth, fold_cloth, metaworld_policy, straighten_rope
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (64, 128, 224)
@@ -93,9 +93,7 @@ def run_scripted(env: gym.Env, seed: int, script: Union[Script, str]) -> Tuple[f
     whether MetaWorld's own policy succeeds within the episode) and the number of actions it took."""
     obs, info = env.reset(seed=seed)
     if isinstance(script, str):
-        from metaworld import policies
-
-        policy = getattr(policies, "Sawyer" + "".join(p.capitalize() for p in script.split("-")) + "V3Policy")()
+        policy = metaworld_policy(script)
         for step in range(1, 501):
             obs, _, terminated, truncated, info = env.step(policy.get_action(obs))
             if info["success"] or terminated or truncated:

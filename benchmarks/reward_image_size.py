@@ -38,8 +38,9 @@ from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel  #
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISE = (0.0, 0.3, 0.6, 1.0, 2.0, 5.0)  # action noise per episode, in turn: scripted to nearly random
-#: The deformable tasks and their envs (the rest are MetaWorld task names).
-SCRIPTS = {"cloth-fold": "vlmrw/ClothFold-v0", "rope": "vlmrw/RopeStraighten-v0"}
+#: The deformable tasks: their envs and scripts (the rest are MetaWorld task names).
+SCRIPTS = {"cloth-fold": ("vlmrw/ClothFold-v0", scripted.fold_cloth),
+           "rope": ("vlmrw/RopeStraighten-v0", scripted.straighten_rope)}
 
 
 def scripted_frames(task: str, episodes: int):
@@ -48,22 +49,21 @@ def scripted_frames(task: str, episodes: int):
     rope scripts (every step; random actions once the script is done)."""
     rng = np.random.default_rng(0)
     if task in SCRIPTS:
-        env = gym.make(SCRIPTS[task], render_mode="rgb_array")
+        env_id, script_of = SCRIPTS[task]
+        env = gym.make(env_id, render_mode="rgb_array")
         every, horizon = 1, env.spec.max_episode_steps
     else:
-        from metaworld import policies
-
         env = gym.make(f"vlmrw/MetaWorld-{task}-v0", render_mode="rgb_array", hide_robot=False)
-        metaworld_policy = getattr(policies, "Sawyer" + "".join(p.capitalize() for p in task.split("-")) + "V3Policy")()
+        policy, script_of = scripted.metaworld_policy(task), None
         every, horizon = 5, 500
     frames, rewards, episode = [], [], []
     for ep in range(episodes):
         noise = NOISE[ep % len(NOISE)]
         obs, _ = env.reset(seed=ep)
-        script = scripted.fold_cloth(env) if task == "cloth-fold" else scripted.straighten_rope(env) if task == "rope" else None
+        script = script_of(env) if script_of else None
         for t in range(horizon):
             if script is None:
-                planned = metaworld_policy.get_action(obs)
+                planned = policy.get_action(obs)
             else:
                 planned = next(script, None)
                 planned = env.action_space.sample() if planned is None else planned
@@ -131,7 +131,7 @@ def main() -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     table = ["| task | reward image px | labelled pairs | epochs per update | held-out corr. with true reward | "
              "held-out pair accuracy | train accuracy | train CPU s |", "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['task']} | {r['size']} | {r['pairs']} | {r.get('epochs', 10)} | {r['correlation']:.2f} | {r['pair_accuracy']:.2f} | "
+    table += [f"| {r['task']} | {r['size']} | {r['pairs']} | {r['epochs']} | {r['correlation']:.2f} | {r['pair_accuracy']:.2f} | "
               f"{r['train_accuracy']:.2f} | {r['train_cpu_s']:.0f} |" for r in rows]
     (RESULTS / "reward_image_size.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

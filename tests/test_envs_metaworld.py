@@ -8,6 +8,7 @@ pytest.importorskip("metaworld")
 from metaworld.policies import SawyerDrawerOpenV3Policy  # noqa: E402
 
 from vlm_reward_wrappers.envs.metaworld import make_metaworld_env, metaworld_task_name, rlvlmf_camera  # noqa: E402
+from vlm_reward_wrappers.envs.scripted import metaworld_policy  # noqa: E402
 
 
 def test_rl_vlm_f_cameras_look_down_at_the_table_with_its_crops():
@@ -35,7 +36,8 @@ def test_scripted_drawer_opening_succeeds_and_shows_in_frames():
     env = make_metaworld_env("drawer-open", render_size=96, seed=0)
     obs, _ = env.reset(seed=0)
     first = env.render()
-    policy = SawyerDrawerOpenV3Policy()
+    policy = metaworld_policy("drawer-open")  # MetaWorld's own, found by the task's name
+    assert isinstance(policy, SawyerDrawerOpenV3Policy)
     for _ in range(150):
         obs, reward, terminated, truncated, info = env.step(policy.get_action(obs))
         if info["success"]:

@@ -1,4 +1,4 @@
-"""Scripted pick-and-place policies that solve the cloth and rope tasks.
+"""Scripted pick-and-place policies that solve the cloth and rope tasks, and MetaWorld's own by task name.
 
 They show that each task is solvable and that its true reward measures the goal, make demonstration
 frames, and give a reference score. Each is a generator of actions computed from the env's state just
@@ -54,3 +54,11 @@ def straighten_rope(env: gym.Env) -> Iterator[np.ndarray]:
     yield _pick_place(rope, start, (start + end) / 2 - rope.length / 2 * direction)
     points = rope.points()
     yield _pick_place(rope, points[-1, :2], points[0, :2] + rope.length * direction)
+
+
+def metaworld_policy(task: str):
+    """MetaWorld's own scripted policy of ``task`` (e.g. "drawer-open": ``SawyerDrawerOpenV3Policy``); its
+    ``get_action(obs)`` reads MetaWorld's (39,) observation."""
+    from metaworld import policies
+
+    return getattr(policies, "Sawyer" + "".join(part.capitalize() for part in task.split("-")) + "V3Policy")()

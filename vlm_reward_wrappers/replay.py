@@ -83,7 +83,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
         n_envs: int = 1,
         optimize_memory_usage: bool = False,
         handle_timeout_termination: bool = True,
-        relabel_batch_size: int = 1024,
+        relabel_batch_size: int = 64,
         relabel_in_background: bool = True,
     ) -> None:
         super().__init__(buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,

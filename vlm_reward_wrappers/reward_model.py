@@ -72,16 +72,20 @@ class EnsembleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, e = x.shape[0], self.ensemble_size
+        # The Sequential only keeps the weights (and saved files' names); the layers run as functional calls.
+        first, *rest = list(self.convs)[0::2]
         if x.ndim == 4:
             # Shared input: one ungrouped first conv equals the grouped one on E copies, without the copies.
-            first = self.convs[0]
-            features = self.convs[1:](F.conv2d(x, first.weight, first.bias, first.stride)).reshape(b, e, -1)
+            h = F.leaky_relu(F.conv2d(x, first.weight, first.bias, first.stride))
+            for conv in rest:
+                h = F.leaky_relu(F.conv2d(h, conv.weight, conv.bias, conv.stride, groups=e))
+            features = h.reshape(b, e, -1)
         else:
             # Per-member inputs (training): each member runs on its own contiguous activations, since on a
             # CPU a training step through PyTorch's grouped convolutions takes 1.6x as long (same weights).
             features = []
             for m, h in enumerate(x.unbind(1)):
-                for conv in self.convs[0::2]:
+                for conv in (first, *rest):
                     h = F.leaky_relu(F.conv2d(h, conv.weight.chunk(e)[m], conv.bias.chunk(e)[m], conv.stride))
                 features.append(h.flatten(1))
             features = torch.stack(features, 1)

@@ -186,6 +186,10 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # RL-VLM-F's 40 pairs every 1,000 steps instead of every 4,000: its 1,000,000-step runs sent about
     # 10,000 queries, which the 40,000 steps that fit here would reach only in part.
     "dense-queries": _learner_change(lambda settings: {**settings, "query_every": 1000}),
+    # Queries twice as often, up to the task's budget: the cloth and rope schedules, compressed into runs
+    # a few thousand steps long, send 300-400 of RL-VLM-F's 500 or more.
+    "double-queries": _learner_change(lambda settings: {
+        **settings, "query_every": make_config(**settings).query_every // 2}),
     # RL-VLM-F's SAC starts its entropy coefficient at 0.1 (SB3: 1), still learned: the learned reward has
     # unit variance, where MetaWorld's true one moves by up to 10 a step.
     "alpha-0.1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"}),

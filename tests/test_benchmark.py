@@ -180,6 +180,7 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     # Without exploration the first query stays where it was: after RL-VLM-F's 1,000 + 9,000 steps.
     assert harness.task_config("drawer-open+no-exploration").learner["full"]["seed_steps"] == 10_000
     assert harness.task_config("pendulum+shift4").learner["full"]["augment_shift"] == 4
+    assert harness.task_config("cloth-fold+double-queries").learner["full"]["query_every"] == 250
     assert harness.task_config("drawer-open+robot-shown").env_kwargs == {"hide_robot": False}
     both = harness.task_config("drawer-open+robot-shown+dense-queries")  # changes chain, left to right
     assert both.env_kwargs == {"hide_robot": False} and both.learner["full"]["query_every"] == 1000

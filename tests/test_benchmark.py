@@ -89,7 +89,8 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     def fake_run(task, source, seed, size, labeler=None):
         final = {"true": -10.0, "oracle": -20.0 - seed}[source]
         return {"task": task, "env_id": "x", "source": source, "algo": "PPO", "seed": seed, "size": size,
-                "steps": 256, "metric": "return", "curve": [[0, -50.0], [256, final]], "final": final,
+                "steps": 256, "metric": "return", "curve": [[0, -50.0], [96, -50.0], [192, final - 10], [256, final]],
+                "final": final,
                 "auc": final, "wall_s": 10.0 + seed, "env_steps_per_s": 1.0, "queries": 30 if source != "true" else 0,
                 "labels_used": 0, "label_accuracy": None}
 
@@ -110,7 +111,9 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     assert oracle["n_seeds"] == 3 and oracle["median_normalized"] == pytest.approx(29 / 40)
     assert oracle["iqr_normalized"] == pytest.approx(1 / 40) and oracle["median_queries"] == 30
     assert oracle["median_wall_s"] == 11.0 and summary["true"]["median_normalized"] == 1.0
-    assert f"| {tiny_task} | PPO | oracle | 3 | 0.72 | 0.03 | -21.00 | 30 | 11 |" in (tmp_path / "summary.md").read_text()
+    # late, the mean of the last 3 evaluations: (2 final - 60) / 3, so (50 - 2 seed) / 70 normalised
+    assert oracle["median_late_normalized"] == pytest.approx(48 / 70)
+    assert f"| {tiny_task} | PPO | oracle | 3 | 0.72 | 0.03 | 0.69 | -21.00 | 30 | 11 |" in (tmp_path / "summary.md").read_text()
     # A sitting of another task reports both; the floor kept from the first sitting is not computed again.
     monkeypatch.setitem(harness.TASKS, "other", dataclasses.replace(harness.TASKS[tiny_task], env_id="Pendulum-v1"))
     floors = []

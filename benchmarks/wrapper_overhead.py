@@ -96,6 +96,7 @@ def main() -> None:
         single_env("vlmrw/CartPoleAngle-v0", args.steps, "observation"),
         single_env("Pendulum-v1", args.steps, "frame"),
         vec_env("vlmrw/CartPoleAngle-v0", args.steps, 8),
+        vec_env("Pendulum-v1", args.steps, 8),
         single_env("vlmrw/MetaWorld-drawer-open-v0", args.steps // 4, "frame"),
         single_env("vlmrw/RopeStraighten-v0", max(10, args.steps // 100), "frame"),
     ]

@@ -23,6 +23,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -43,17 +44,18 @@ SCRIPTS = {"cloth-fold": ("vlmrw/ClothFold-v0", scripted.fold_cloth),
            "rope": ("vlmrw/RopeStraighten-v0", scripted.straighten_rope)}
 
 
-def scripted_frames(task: str, episodes: int):
+def scripted_frames(task: str, episodes: int, camera: Optional[str] = None):
     """Rendered frames (N, H, W, 3), true rewards (N,) and episode numbers (N,) of a scripted policy with
-    Gaussian action noise: MetaWorld's own policy (every 5th step of 500) or this package's cloth-fold and
-    rope scripts (every step; random actions once the script is done)."""
+    Gaussian action noise: MetaWorld's own policy (every 5th step of 500; seen by ``camera``, a MetaWorld
+    camera name, or RL-VLM-F's when None) or this package's cloth-fold and rope scripts (every step; random
+    actions once the script is done)."""
     rng = np.random.default_rng(0)
     if task in SCRIPTS:
         env_id, script_of = SCRIPTS[task]
         env = gym.make(env_id, render_mode="rgb_array")
         every, horizon = 1, env.spec.max_episode_steps
     else:
-        env = gym.make(f"vlmrw/MetaWorld-{task}-v0", render_mode="rgb_array", hide_robot=False)
+        env = gym.make(f"vlmrw/MetaWorld-{task}-v0", render_mode="rgb_array", hide_robot=False, camera=camera)
         policy, script_of = scripted.metaworld_policy(task), None
         every, horizon = 5, 500
     frames, rewards, episode = [], [], []
@@ -116,22 +118,26 @@ def main() -> None:
                         help="passes over the labels per update (RL-VLM-F: 10 on MetaWorld)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="default: 24 (MetaWorld, 100 frames each), 600 (cloth-fold), 150 (rope, 5 steps each)")
+    parser.add_argument("--camera", default=None,
+                        help="MetaWorld only: a MetaWorld camera name (e.g. topview, corner) instead of RL-VLM-F's")
     args = parser.parse_args()
+    if args.camera and args.task in SCRIPTS:
+        parser.error("--camera is for MetaWorld tasks")
     torch.set_num_threads(1)
     episodes = args.episodes or {"cloth-fold": 600, "rope": 150}.get(args.task, 24)
-    frames, rewards, episode = scripted_frames(args.task, episodes)
+    frames, rewards, episode = scripted_frames(args.task, episodes, args.camera)
     print(f"{len(frames)} frames, true reward {rewards.min():.2f} to {rewards.max():.2f}", flush=True)
     path = RESULTS / "reward_image_size.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     for size, pairs, epochs in itertools.product(args.sizes, args.pairs, args.epochs):
-        row = dict(task=args.task, frames=len(frames), **rank_quality(frames, rewards, episode, size, pairs, epochs))
+        row = dict(task=args.task, camera=args.camera, frames=len(frames), **rank_quality(frames, rewards, episode, size, pairs, epochs))
         print(row, flush=True)
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    table = ["| task | reward image px | labelled pairs | epochs per update | held-out corr. with true reward | "
-             "held-out pair accuracy | train accuracy | train CPU s |", "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['task']} | {r['size']} | {r['pairs']} | {r['epochs']} | {r['correlation']:.2f} | {r['pair_accuracy']:.2f} | "
+    table = ["| task | camera | reward image px | labelled pairs | epochs per update | held-out corr. with true reward | "
+             "held-out pair accuracy | train accuracy | train CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['task']} | {r.get('camera') or 'RL-VLM-F'} | {r['size']} | {r['pairs']} | {r['epochs']} | {r['correlation']:.2f} | {r['pair_accuracy']:.2f} | "
               f"{r['train_accuracy']:.2f} | {r['train_cpu_s']:.0f} |" for r in rows]
     (RESULTS / "reward_image_size.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

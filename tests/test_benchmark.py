@@ -234,10 +234,15 @@ def test_a_tasks_env_arguments_reach_the_training_and_evaluation_envs(tiny_task,
     assert made == [{"render_mode": None, "max_episode_steps": 20}, {"max_episode_steps": 20}]
 
 
-def test_the_reward_image_size_probe_scores_a_visible_reward_as_learnable():
+@pytest.fixture
+def probe():
     spec = importlib.util.spec_from_file_location("reward_image_size", SCRIPT.parent / "reward_image_size.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reward_image_size_probe_scores_a_visible_reward_as_learnable(probe):
     # The true reward is how bright the frame is: the CNN can see all of it, so held-out pairs rank right.
     rewards = np.random.default_rng(0).uniform(0, 1, 160)
     frames = np.broadcast_to((rewards * 255).astype(np.uint8)[:, None, None, None], (160, 96, 96, 3))
@@ -247,3 +252,16 @@ def test_the_reward_image_size_probe_scores_a_visible_reward_as_learnable():
     noise = np.random.default_rng(1).integers(0, 256, (160, 96, 96, 3), dtype=np.uint8)
     blind = probe.rank_quality(noise, rewards, np.arange(160) // 10, size=64, pairs=200, epochs=5, updates=2)
     assert 0.35 < blind["pair_accuracy"] < 0.65 and abs(blind["correlation"]) < 0.4
+
+
+def test_the_reward_image_size_probe_films_metaworld_through_the_camera_asked_for(probe, monkeypatch):
+    made = []
+
+    def make(env_id, **kwargs):
+        made.append((env_id, kwargs))
+        raise RuntimeError("made")
+
+    monkeypatch.setattr(probe.gym, "make", make)
+    with pytest.raises(RuntimeError, match="made"):
+        probe.scripted_frames("drawer-open", 1, camera="topview")
+    assert made == [("vlmrw/MetaWorld-drawer-open-v0", {"render_mode": "rgb_array", "hide_robot": False, "camera": "topview"})]

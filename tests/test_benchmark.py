@@ -187,6 +187,7 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     assert harness.task_config("drawer-open+robot-shown").env_kwargs == {"hide_robot": False}
     both = harness.task_config("drawer-open+robot-shown+dense-queries")  # changes chain, left to right
     assert both.env_kwargs == {"hide_robot": False} and both.learner["full"]["query_every"] == 1000
+    assert harness.task_config("drawer-open+robot-shown+topview").env_kwargs == {"hide_robot": False, "camera": "topview"}
     with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
         harness.task_config("pendulum+nope")
     with pytest.raises(SystemExit):

@@ -2,6 +2,7 @@
 
     python benchmarks/reward_image_size.py drawer-open --sizes 64 128 --pairs 320 1280   # about 40 min
     python benchmarks/reward_image_size.py rope --pairs 400
+    python benchmarks/reward_image_size.py drawer-open --camera topview --sizes 64 --pairs 320
 
 Frames come from a scripted policy with action noise of several sizes, so true rewards span random to
 solved: MetaWorld's own policy with the robot shown (every 5th step kept), or this package's cloth-fold

@@ -10,6 +10,8 @@ EXTRAS = {
     "llama": ["llama-cpp-python>=0.3.36"],
     "server": ["llama-cpp-python[server]>=0.3.36"],
     "clip": ["open-clip-torch>=3.3"],
+    # RL-VLM-F's ResNet-18 reward net (reward_net="resnet18").
+    "resnet": ["torchvision"],
     "mujoco": ["mujoco==3.3.*"],
     "metaworld": ["metaworld>=3.1.1", "mujoco==3.3.*"],
     "offline": ["minari[hdf5]>=0.5.4"],
@@ -21,7 +23,7 @@ EXTRAS = {
 # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
 EXTRAS["bench"] = ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0", *EXTRAS["plot"]]
 EXTRAS["dev"] = sorted(
-    {"pytest>=8", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["metaworld"], *EXTRAS["bench"],
+    {"pytest>=8", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"],
      *EXTRAS["plot"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

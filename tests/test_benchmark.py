@@ -249,10 +249,12 @@ def test_the_reward_image_size_probe_scores_a_visible_reward_as_learnable(probe)
     frames = np.broadcast_to((rewards * 255).astype(np.uint8)[:, None, None, None], (160, 96, 96, 3))
     row = probe.rank_quality(frames, rewards, np.arange(160) // 10, size=64, pairs=200, epochs=5, updates=2)
     assert row["pair_accuracy"] > 0.9 and row["correlation"] > 0.9 and 190 <= row["pairs"] <= 200
+    assert row["best_quarter_accuracy"] > 0.8  # the brightest quarter, told apart among themselves
     # Frames of noise that says nothing of the reward: held-out pairs rank at chance, whatever training fits.
     noise = np.random.default_rng(1).integers(0, 256, (160, 96, 96, 3), dtype=np.uint8)
     blind = probe.rank_quality(noise, rewards, np.arange(160) // 10, size=64, pairs=200, epochs=5, updates=2)
     assert 0.35 < blind["pair_accuracy"] < 0.65 and abs(blind["correlation"]) < 0.4
+    assert 0.3 < blind["best_quarter_accuracy"] < 0.7
 
 
 def test_the_reward_image_size_probe_films_metaworld_through_the_camera_asked_for(probe, monkeypatch):

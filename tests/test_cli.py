@@ -1,5 +1,6 @@
 import json
 
+from vlm_reward_wrappers import RewardModel
 from vlm_reward_wrappers.cli import main
 
 
@@ -27,3 +28,12 @@ def test_train_takes_the_exploration_and_augmentation_settings(capsys):
           "--eval-episodes", "1", "--json"])
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["queries_sent"] == 5 and figures["reward_model_updates"] == 1
+
+
+def test_train_builds_the_reward_net_asked_for(tmp_path, capsys):
+    path = tmp_path / "reward.pt"
+    main(["train", "--algo", "A2C", "--steps", "100", "--seed-steps", "50", "--query-every", "100",
+          "--pairs-per-query", "5", "--epochs-per-update", "1", "--reward-net", "resnet18", "--eval-episodes", "1",
+          "--save-reward-model", str(path)])
+    model = RewardModel.load(path)
+    assert model.reward_net == "resnet18" and model.version == 1

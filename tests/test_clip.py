@@ -16,7 +16,7 @@ from conftest import GOAL  # noqa: E402
 from vlm_reward_wrappers import CLIPRewardWrapper, VLMRewardWrapper  # noqa: E402
 from vlm_reward_wrappers.cli import build_parser, make_labeler  # noqa: E402
 from vlm_reward_wrappers.labelers import CLIPEmbedder, CLIPLabeler, Query  # noqa: E402
-from vlm_reward_wrappers.labelers.torchvision_compat import import_torchvision  # noqa: E402
+from vlm_reward_wrappers.torchvision_compat import import_torchvision  # noqa: E402
 
 # A small architecture at 64 px: hundreds of frames a second on one core.
 MODEL = dict(model_name="ViT-S-32", force_image_size=64)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import GOAL
-from vlm_reward_wrappers import LabelStore, OracleLabeler, RewardModel, VLMRewardWrapper
+from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper
 from vlm_reward_wrappers.labelers import Answer, InvalidAnswerError, Labeler
 
 
@@ -121,6 +121,20 @@ def test_a_reward_model_that_does_not_match_the_wrapper():
     with pytest.raises(ValueError, match=r"reward_model given reads frame inputs of shape \(48, 48, 3\).*reward_image_size"):
         VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=model)
     VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=model, reward_image_size=48)
+    resnet = RewardModel("frame", (64, 64, 3), ensemble_size=1, reward_net="resnet18", seed=0)
+    with pytest.raises(ValueError, match=r"\(resnet18\), but the settings ask .* reward_net 'cnn'"):
+        VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=resnet, ensemble_size=1)
+    VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=resnet, ensemble_size=1,
+                     reward_net="resnet18")
+
+
+def test_an_unknown_reward_net():
+    with pytest.raises(ValueError, match=r"reward_net must be one of \('cnn', 'resnet18'\), got 'vit'"):
+        LearnerConfig(reward_net="vit")
+    with pytest.raises(ValueError, match="reward_net 'resnet18' reads frames"):
+        LearnerConfig(reward_input="observation", reward_net="resnet18")
+    with pytest.raises(ValueError, match="reward_net 'resnet18' reads frames"):
+        RewardModel("observation", (4,), reward_net="resnet18")
 
 
 def test_a_missing_reward_model_file(tmp_path):

@@ -6,25 +6,26 @@ from vlm_reward_wrappers import BradleyTerryTrainer, LearnerConfig, PreferenceDa
 from vlm_reward_wrappers.reward_model import random_shift
 
 
-def _brightness_frames(n, rng):
+def _brightness_frames(n, rng, size=64):
     """Frames whose true reward is their brightness, with noise pixels so they are all distinct."""
     level = rng.uniform(0, 200, size=n)
-    frames = (level[:, None, None, None] + rng.integers(0, 40, size=(n, 64, 64, 3))).astype(np.uint8)
+    frames = (level[:, None, None, None] + rng.integers(0, 40, size=(n, size, size, 3))).astype(np.uint8)
     return frames, level
 
 
-@pytest.mark.parametrize("augment_shift", [0, 4])
-def test_bradley_terry_training_learns_the_true_ranking(augment_shift):
+@pytest.mark.parametrize("augment_shift, reward_net, size", [(0, "cnn", 64), (4, "cnn", 64), (0, "resnet18", 32)])
+def test_bradley_terry_training_learns_the_true_ranking(augment_shift, reward_net, size):
     rng = np.random.default_rng(0)
-    frames, level = _brightness_frames(400, rng)
-    model = RewardModel("frame", (64, 64, 3), seed=0)
+    frames, level = _brightness_frames(400, rng, size)
+    model = RewardModel("frame", (size, size, 3), ensemble_size=3 if reward_net == "cnn" else 1,
+                        reward_net=reward_net, seed=0)
     dataset = PreferenceDataset()
     for _ in range(300):
         i, j = rng.integers(400, size=2)
         dataset.add(frames[i], frames[j], int(level[j] > level[i]))
     stats = BradleyTerryTrainer(model, epochs=30, augment_shift=augment_shift, seed=0).train(dataset)
     assert model.version == 1 and stats.epochs <= 30
-    held_out, held_level = _brightness_frames(200, rng)
+    held_out, held_level = _brightness_frames(200, rng, size)
     predicted = model.predict(held_out)
     a, b = rng.integers(200, size=(2, 1000))
     agree = np.mean((predicted[a] > predicted[b]) == (held_level[a] > held_level[b]))
@@ -53,8 +54,9 @@ def test_dataset_drops_no_preference_and_identical_pairs():
         BradleyTerryTrainer(RewardModel("observation", (4,))).train(PreferenceDataset())
 
 
-def test_shared_and_per_member_frame_inputs_agree():
-    model = RewardModel("frame", (64, 64, 3), seed=0)
+@pytest.mark.parametrize("reward_net", ["cnn", "resnet18"])
+def test_shared_and_per_member_frame_inputs_agree(reward_net):
+    model = RewardModel("frame", (64, 64, 3), reward_net=reward_net, seed=0)
     frames = np.random.default_rng(0).integers(0, 255, size=(5, 64, 64, 3), dtype=np.uint8)
     shared = model.member_rewards(frames)
     per_member = np.repeat(frames[:, None], 3, axis=1)
@@ -72,15 +74,16 @@ def test_normalisation_standardises_rewards():
     assert abs(rewards.mean()) < 1e-4 and abs(rewards.std() - 1) < 1e-3
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model = RewardModel("frame", (48, 48, 3), ensemble_size=2, seed=3)
+@pytest.mark.parametrize("reward_net", ["cnn", "resnet18"])
+def test_save_and_load_round_trip(tmp_path, reward_net):
+    model = RewardModel("frame", (48, 48, 3), ensemble_size=2, reward_net=reward_net, seed=3)
     frames = np.random.default_rng(0).integers(0, 255, size=(4, 48, 48, 3), dtype=np.uint8)
     model.fit_normalization(frames)
     model.version = 7
     model.save(tmp_path / "reward.pt")
     loaded = RewardModel.load(tmp_path / "reward.pt")
-    np.testing.assert_allclose(loaded.predict(frames), model.predict(frames), atol=1e-6)
-    assert loaded.version == 7 and loaded.ensemble_size == 2
+    np.testing.assert_allclose(loaded.predict(frames), model.predict(frames), atol=1e-5)
+    assert loaded.version == 7 and loaded.ensemble_size == 2 and loaded.reward_net == reward_net
     with pytest.raises(FileNotFoundError, match="RewardModel.save"):
         RewardModel.load(tmp_path / "missing.pt")
 

@@ -16,11 +16,11 @@ from typing import Dict, List, Optional
 
 import gymnasium as gym
 
-from vlm_reward_wrappers.config import PRESETS
+from vlm_reward_wrappers.config import PRESETS, REWARD_NETS
 
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
 #: LearnerConfig settings that ``vlm-reward train`` takes as flags (each overrides the preset's).
-CONFIG_FLAGS = ("reward_input", "reward_image_size", "seed_steps", "exploration_steps", "query_every",
+CONFIG_FLAGS = ("reward_input", "reward_image_size", "reward_net", "seed_steps", "exploration_steps", "query_every",
                 "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update", "augment_shift")
 
 
@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learner settings: RL-VLM-F's per task family, or quick (minutes on a CPU)")
     p.add_argument("--reward-input", default=None, choices=("frame", "observation"))
     p.add_argument("--reward-image-size", type=int, default=None, help="side in pixels of the reward model's frames")
+    p.add_argument("--reward-net", default=None, choices=REWARD_NETS,
+                   help="frame reward net: RL-VLM-F's small CNN or its ResNet-18 (cloth, rope; slow without a GPU)")
     for flag in ("seed-steps", "exploration-steps", "query-every", "pairs-per-query", "feedback-budget", "epochs-per-update",
                  "gradient-steps-per-update", "augment-shift"):
         p.add_argument(f"--{flag}", type=int, default=None, help="overrides the preset's")

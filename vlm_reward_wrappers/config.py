@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional, Union
 
 #: Pair selection strategies (:mod:`vlm_reward_wrappers.sampling`).
 SAMPLERS = ("uniform", "disagreement", "entropy")
+#: Frame reward nets: RL-VLM-F's small CNN (its MetaWorld and CartPole net) or its ResNet-18 (cloth, rope).
+REWARD_NETS = ("cnn", "resnet18")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class LearnerConfig:
 
     :param reward_input: what the reward model reads: "frame" (RL-VLM-F's CNN) or "observation" (an MLP).
     :param reward_image_size: side in pixels of the reward model's input frames.
+    :param reward_net: the frame reward net: "cnn" (RL-VLM-F's small CNN, its MetaWorld and CartPole net) or
+        "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and
+        about 30 times the CNN's compute: the cloth and rope presets keep the CNN, see the README).
     :param ensemble_size: reward-model members; the reward is their mean.
     :param seed_steps: env steps before the first query (then the exploration, if any).
     :param exploration_steps: PEBBLE's unsupervised exploration: env steps after ``seed_steps`` before the
@@ -55,6 +60,7 @@ class LearnerConfig:
 
     reward_input: str = "frame"
     reward_image_size: int = 64
+    reward_net: str = "cnn"
     ensemble_size: int = 3
     seed_steps: int = 1000
     exploration_steps: int = 0
@@ -79,6 +85,10 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.reward_input not in ("frame", "observation"):
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
+        if self.reward_net not in REWARD_NETS:
+            raise ValueError(f"reward_net must be one of {REWARD_NETS}, got {self.reward_net!r}")
+        if self.reward_net != "cnn" and self.reward_input != "frame":
+            raise ValueError(f"reward_net {self.reward_net!r} reads frames: use reward_input='frame' or reward_net='cnn'")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,

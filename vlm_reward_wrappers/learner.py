@@ -443,16 +443,19 @@ def _checked_model(model: Optional[RewardModel], config: LearnerConfig, seed: Op
         if config.reward_input != "frame":
             raise ValueError("a learner on observations needs its model: pass reward_model=RewardModel('observation', (D,))")
         size = config.reward_image_size
-        return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, seed=seed)
+        return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, reward_net=config.reward_net,
+                           seed=seed)
     if not isinstance(model, RewardModel):
         raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(model).__name__}")
     mismatch = model.reward_input != config.reward_input or model.ensemble_size != config.ensemble_size or (
-        model.reward_input == "frame" and model.input_shape[0] != config.reward_image_size)
+        model.reward_input == "frame" and (model.input_shape[0] != config.reward_image_size
+                                           or model.reward_net != config.reward_net))
     if mismatch:
         raise ValueError(
             f"the reward_model given reads {model.reward_input} inputs of shape {model.input_shape} with "
-            f"{model.ensemble_size} members, but the settings ask for {config.reward_input} inputs, "
-            f"reward_image_size {config.reward_image_size} and ensemble_size {config.ensemble_size}: pass the "
-            "model's own reward_input, reward_image_size and ensemble_size"
+            f"{model.ensemble_size} members ({model.reward_net}), but the settings ask for {config.reward_input} "
+            f"inputs, reward_image_size {config.reward_image_size}, ensemble_size {config.ensemble_size} and "
+            f"reward_net {config.reward_net!r}: pass the model's own reward_input, reward_image_size, "
+            "ensemble_size and reward_net"
         )
     return model

@@ -1,4 +1,5 @@
-"""Import torchvision (needed by open_clip) where its compiled ops do not match the installed torch.
+"""Import torchvision (needed by open_clip and the ResNet-18 reward net) where its compiled ops do not match
+the installed torch.
 
 torchvision 0.28.0 from PyPI is a CUDA build: on the CPU build of torch 2.13 its ``_C`` extension
 fails to load, and ``import torchvision`` raises ``RuntimeError: operator torchvision::nms does not

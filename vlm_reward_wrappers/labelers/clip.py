@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query
-from vlm_reward_wrappers.labelers.torchvision_compat import import_torchvision
+from vlm_reward_wrappers.torchvision_compat import import_torchvision
 from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
 
 

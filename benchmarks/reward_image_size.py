@@ -16,7 +16,7 @@ accuracy.
 ``--epochs`` sets the passes over the labels per update: RL-VLM-F's 10 for 250 updates of a 1,000,000-step
 run is many more gradient steps than 10 for the 8 updates of a 40,000-step one.
 Rows are appended to ``benchmarks/results/reward_image_size.jsonl``; the table is rewritten from all of
-them in ``reward_image_size.md``.
+them in ``reward_image_size.md`` (the latest of each setting).
 """
 
 from __future__ import annotations
@@ -148,7 +148,13 @@ def main() -> None:
         print(row, flush=True)
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # One row per setting: a later measurement of the same setting replaces the earlier one.
+    latest = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r["task"], r.get("camera"), r.get("net", "cnn"), r["size"], r["pairs"], r["epochs"])] = r
+    rows = list(latest.values())
     table = ["| task | camera | reward net | reward image px | labelled pairs | epochs per update | held-out corr. with "
              "true reward | held-out pair accuracy | among the best quarter | train accuracy | train CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

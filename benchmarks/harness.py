@@ -203,6 +203,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # RL-VLM-F's reward net on cloth and rope, a ResNet-18 trained from scratch, in place of its small CNN
     # (reward_image_size.py, cloth-fold: held-out correlation with the true reward 0.84 against 0.75).
     "resnet18": _learner_change(lambda settings: {**settings, "reward_net": "resnet18"}),
+    # BPref's disagreement sampling instead of RL-VLM-F's uniform pairs: labels go where the ensemble is
+    # unsure, such as among nearly solved frames, which the cloth-fold CNN orders at 57% (reward_image_size.py).
+    "disagreement": _learner_change(lambda settings: {**settings, "sampler": "disagreement"}),
 }
 
 

@@ -67,6 +67,7 @@ def scripted_frames(task: str, episodes: int, camera: Optional[str] = None):
     for ep in range(episodes):
         noise = NOISE[ep % len(NOISE)]
         obs, _ = env.reset(seed=ep)
+        env.action_space.seed(ep)  # the random actions after a script ends: the same frames on every run
         script = script_of(env) if script_of else None
         for t in range(horizon):
             if script is None:

@@ -11,6 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from vlm_reward_wrappers.config import make_config
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 _spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
 run = importlib.util.module_from_spec(_spec)
@@ -188,6 +190,8 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     both = harness.task_config("drawer-open+robot-shown+dense-queries")  # changes chain, left to right
     assert both.env_kwargs == {"hide_robot": False} and both.learner["full"]["query_every"] == 1000
     assert harness.task_config("drawer-open+robot-shown+topview").env_kwargs == {"hide_robot": False, "camera": "topview"}
+    assert make_config(**harness.task_config("cloth-fold+resnet18").learner["full"]).reward_net == "resnet18"
+    assert make_config(**harness.task_config("cloth-fold+disagreement").learner["full"]).sampler == "disagreement"
     with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
         harness.task_config("pendulum+nope")
     with pytest.raises(SystemExit):
@@ -255,6 +259,13 @@ def test_the_reward_image_size_probe_scores_a_visible_reward_as_learnable(probe)
     blind = probe.rank_quality(noise, rewards, np.arange(160) // 10, size=64, pairs=200, epochs=5, updates=2)
     assert 0.35 < blind["pair_accuracy"] < 0.65 and abs(blind["correlation"]) < 0.4
     assert 0.3 < blind["best_quarter_accuracy"] < 0.7
+
+
+def test_the_reward_image_size_probe_films_the_same_frames_on_every_run(probe):
+    # Rope's script ends after 2 of 5 steps; the random actions after it are seeded too.
+    first, second = probe.scripted_frames("rope", 2), probe.scripted_frames("rope", 2)
+    assert len(first[0]) == 10
+    np.testing.assert_array_equal(first[0], second[0])
 
 
 def test_the_reward_image_size_probe_films_metaworld_through_the_camera_asked_for(probe, monkeypatch):

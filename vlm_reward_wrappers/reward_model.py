@@ -101,7 +101,7 @@ class EnsembleResNet(nn.Module):
     ``gen_image_net2`` builds them, but with group norm (32 groups) in place of batch norm. RL-VLM-F's
     batch norm stays in training mode, so a frame's reward depends on the frames scored beside it; in
     evaluation mode its running statistics lag when an update stops early after a few gradient steps
-    (held-out pair accuracy 0.90 against 0.96-0.97 with group norm in the test's 32 px brightness task).
+    (held-out pair accuracy 0.90 against 0.96 with group norm on the tests' 32 px brightness frames).
     About 11 M weights a member against the CNN's 0.1 M: on one CPU core a 64 px frame takes about 26 ms
     forward and backward.
 

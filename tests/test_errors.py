@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import GOAL
-from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper
+from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper, reward_model
 from vlm_reward_wrappers.labelers import Answer, InvalidAnswerError, Labeler
 
 
@@ -135,6 +135,15 @@ def test_an_unknown_reward_net():
         LearnerConfig(reward_input="observation", reward_net="resnet18")
     with pytest.raises(ValueError, match="reward_net 'resnet18' reads frames"):
         RewardModel("observation", (4,), reward_net="resnet18")
+
+
+def test_the_resnet_reward_net_without_torchvision(monkeypatch):
+    def missing():
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    monkeypatch.setattr(reward_model, "import_torchvision", missing)
+    with pytest.raises(ImportError, match=r"reward_net='resnet18' needs torchvision: pip install 'vlm-reward-wrappers\[resnet\]'"):
+        RewardModel("frame", (64, 64, 3), reward_net="resnet18")
 
 
 def test_a_missing_reward_model_file(tmp_path):

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlm_reward_wrappers.torchvision_compat import import_torchvision
 from vlm_reward_wrappers.config import REWARD_NETS
 from vlm_reward_wrappers.labels import PreferenceDataset
+from vlm_reward_wrappers.torchvision_compat import import_torchvision
 
 
 class EnsembleLinear(nn.Module):

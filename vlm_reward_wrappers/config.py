@@ -24,8 +24,8 @@ class LearnerConfig:
     :param reward_input: what the reward model reads: "frame" (RL-VLM-F's CNN) or "observation" (an MLP).
     :param reward_image_size: side in pixels of the reward model's input frames.
     :param reward_net: the frame reward net: "cnn" (RL-VLM-F's small CNN, its MetaWorld and CartPole net) or
-        "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and
-        about 30 times the CNN's compute: the cloth and rope presets keep the CNN, see the README).
+        "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and on
+        a CPU 9 times the CNN's training time: the cloth and rope presets keep the CNN, see the README).
     :param ensemble_size: reward-model members; the reward is their mean.
     :param seed_steps: env steps before the first query (then the exploration, if any).
     :param exploration_steps: PEBBLE's unsupervised exploration: env steps after ``seed_steps`` before the

@@ -82,7 +82,7 @@ def test_save_and_load_round_trip(tmp_path, reward_net):
     model.version = 7
     model.save(tmp_path / "reward.pt")
     loaded = RewardModel.load(tmp_path / "reward.pt")
-    np.testing.assert_allclose(loaded.predict(frames), model.predict(frames), atol=1e-5)
+    np.testing.assert_allclose(loaded.predict(frames), model.predict(frames), atol=1e-6)
     assert loaded.version == 7 and loaded.ensemble_size == 2 and loaded.reward_net == reward_net
     with pytest.raises(FileNotFoundError, match="RewardModel.save"):
         RewardModel.load(tmp_path / "missing.pt")

@@ -17,6 +17,14 @@ SAMPLERS = ("uniform", "disagreement", "entropy")
 REWARD_NETS = ("cnn", "resnet18")
 
 
+def check_reward_net(reward_net: str, reward_input: str) -> None:
+    """A ValueError unless ``reward_net`` is one of :data:`REWARD_NETS` and fits ``reward_input``."""
+    if reward_net not in REWARD_NETS:
+        raise ValueError(f"reward_net must be one of {REWARD_NETS}, got {reward_net!r}")
+    if reward_net != "cnn" and reward_input != "frame":
+        raise ValueError(f"reward_net {reward_net!r} reads frames: use reward_input='frame' or reward_net='cnn'")
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """How the learner queries, labels and trains. Defaults are RL-VLM-F's MetaWorld settings.
@@ -85,10 +93,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.reward_input not in ("frame", "observation"):
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
-        if self.reward_net not in REWARD_NETS:
-            raise ValueError(f"reward_net must be one of {REWARD_NETS}, got {self.reward_net!r}")
-        if self.reward_net != "cnn" and self.reward_input != "frame":
-            raise ValueError(f"reward_net {self.reward_net!r} reads frames: use reward_input='frame' or reward_net='cnn'")
+        check_reward_net(self.reward_net, self.reward_input)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,

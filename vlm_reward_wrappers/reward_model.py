@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlm_reward_wrappers.config import REWARD_NETS
+from vlm_reward_wrappers.config import check_reward_net
 from vlm_reward_wrappers.labels import PreferenceDataset
 from vlm_reward_wrappers.torchvision_compat import import_torchvision
 
@@ -174,10 +174,7 @@ class RewardModel:
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {reward_input!r}")
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be at least 1, got {ensemble_size}")
-        if reward_net not in REWARD_NETS:
-            raise ValueError(f"reward_net must be one of {REWARD_NETS}, got {reward_net!r}")
-        if reward_net != "cnn" and reward_input != "frame":
-            raise ValueError(f"reward_net {reward_net!r} reads frames: use reward_input='frame' or reward_net='cnn'")
+        check_reward_net(reward_net, reward_input)
         self.reward_input = reward_input
         self.input_shape = tuple(int(d) for d in input_shape)
         self.ensemble_size = ensemble_size

@@ -29,12 +29,12 @@ class BlockedTrainer(BradleyTerryTrainer):
         super().__init__(*args, **kwargs)
         self.entered, self.release, self.calls = threading.Event(), threading.Event(), 0
 
-    def train(self, dataset, epochs=None):
+    def train(self, dataset, epochs=None, stop=None):
         self.calls += 1
         if self.calls > 1:
             self.entered.set()
             assert self.release.wait(timeout=60), "the test never released the trainer"
-        return super().train(dataset, epochs)
+        return super().train(dataset, epochs, stop)
 
 
 def test_a_step_never_waits_on_reward_model_training():

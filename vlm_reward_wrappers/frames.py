@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.labels import check_frame
 
 
@@ -139,6 +140,7 @@ class QueryFrameStore:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vlm-query-frames")
         self._in_flight: List[Future] = []
+        lifecycle.track(self)
 
     def add(self, step: int, frame: np.ndarray) -> None:
         """Keep ``frame`` (copied) as the query frame of buffer entry ``step``."""
@@ -172,3 +174,9 @@ class QueryFrameStore:
         for future in self._in_flight:
             future.result()
         self._in_flight = []
+
+    def close(self) -> None:
+        """Stop the compression thread: frames not compressed yet are dropped (milliseconds)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._in_flight = []
+        lifecycle.untrack(self)

@@ -8,7 +8,8 @@ committed to the store before it is handed back. One :class:`RetryPolicy` govern
 with exponential backoff inside a total deadline. A call past its deadline is abandoned (its thread
 is left to finish on its own), a labeler that keeps failing has its requests dropped, and a labeler
 that returns invalid answers is reported once and dropped: all counted, none raised, so training
-goes on.
+goes on. :meth:`LabellingService.close` gives the calls in flight a few seconds to answer, commits
+what they answer, and abandons the rest: a run stops in seconds, not at a labeler's deadline.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.labelers.base import (
     BaseLabeler,
     InvalidAnswerError,
@@ -197,10 +199,11 @@ class LabellingService:
         #: sent: requests handed to the labeler, retries included; answered: committed answers;
         #: cached: answered from the store; failed_calls: calls that raised; timeouts: calls abandoned
         #: at the deadline; invalid_answers: calls that returned invalid answers; dropped: requests
-        #: given up on.
+        #: given up on; abandoned_at_close: requests in flight or queued when the service closed (also
+        #: counted as dropped).
         self.counts: Dict[str, int] = {
             "sent": 0, "answered": 0, "cached": 0, "failed_calls": 0, "timeouts": 0, "invalid_answers": 0,
-            "dropped": 0,
+            "dropped": 0, "abandoned_at_close": 0,
         }
         self.latency_s_total = 0.0
         self._outbox: "queue.Queue[Tuple[LabelJob, Any]]" = queue.Queue()
@@ -208,6 +211,10 @@ class LabellingService:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, labeler.max_concurrency), thread_name_prefix="vlm-label")
         self._reported_invalid = False
+        self._calls: List[Tuple[Future, int]] = []  # (call, its requests) submitted and maybe not done
+        #: Set by close(): no retry starts. _abandon: calls still running are left to themselves.
+        self._closing, self._abandon = threading.Event(), threading.Event()
+        lifecycle.track(self)
         longest = labeler.longest_call_s
         needed = None if longest is None else (
             longest * (self.retry.max_retries + 1) + self.retry.backoff_s * (2**self.retry.max_retries - 1))
@@ -233,8 +240,9 @@ class LabellingService:
         size = max(1, self.labeler.batch_size)
         chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
         if self.asynchronous:
+            self._calls = [(call, n) for call, n in self._calls if not call.done()]
             for chunk in chunks:
-                self._pool.submit(lambda chunk=chunk: self._deliver(self._run(chunk)))
+                self._calls.append((self._pool.submit(lambda chunk=chunk: self._deliver(self._run(chunk))), len(chunk)))
             return
         for results in self._pool.map(self._run, chunks):
             self._deliver(results)
@@ -257,10 +265,30 @@ class LabellingService:
             time.sleep(0.01)
         return True
 
-    def close(self) -> None:
-        """Stop taking jobs (queued calls are cancelled, running ones left to end) and close the labeler."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop labelling and close the labeler; returns within about ``timeout_s`` seconds.
+
+        Queued calls are cancelled; calls in flight get ``timeout_s`` to answer, and what they answer is
+        committed to the store; then the labeler is closed (which ends a person's or a model's wait) and
+        whatever is still running is abandoned: its answer, should it come, is neither committed nor
+        used. Abandoned requests are counted (``abandoned_at_close``). Later calls do nothing.
+        """
+        if self._closing.is_set():
+            return
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        cancelled = sum(n for call, n in self._calls if call.cancelled())
+        with self._lock:
+            self._pending -= cancelled
+        self._count("dropped", cancelled)
+        self._count("abandoned_at_close", cancelled)
+        if not self.wait(timeout_s):
+            self._abandon.set()
         self.labeler.close()
+        self._pool.shutdown(wait=True)  # once abandoned, a worker returns within a poll interval
+        if self.counts["abandoned_at_close"]:
+            logger.warning("labelling closed with %d requests unanswered: abandoned", self.counts["abandoned_at_close"])
+        lifecycle.untrack(self)
 
     # ------------------------------------------------------------------------------------ internals
     def _count(self, name: str, n: int) -> None:
@@ -300,7 +328,10 @@ class LabellingService:
             self._count("sent", n)
             started = time.perf_counter()
             try:
-                answers = _call_with_deadline(lambda: labeler.answer(requests, self.goal), remaining)
+                answers = _call_with_deadline(lambda: labeler.answer(requests, self.goal), remaining, self._abandon)
+            except CallAbandoned:
+                self._count("abandoned_at_close", n)
+                return []
             except LabelerTimeoutError:
                 self._count("timeouts", 1)
                 logger.warning("labeler %s did not answer %d requests within the %g s deadline: dropped",
@@ -315,7 +346,8 @@ class LabellingService:
                 return []
             except Exception as error:
                 self._count("failed_calls", 1)
-                retry = not isinstance(error, LabelerRefusedError) and attempt < self.retry.max_retries
+                retry = (not isinstance(error, LabelerRefusedError) and attempt < self.retry.max_retries
+                         and not self._closing.is_set())
                 logger.warning("labeler %s failed on %d requests (attempt %d of %d%s): %r", labeler.labeler_id, n,
                                attempt + 1, self.retry.max_retries + 1, "" if retry else ", dropped", error)
                 if not retry:
@@ -324,7 +356,8 @@ class LabellingService:
                 if left <= 0:
                     self._count("timeouts", 1)
                     return []
-                time.sleep(min(self.retry.backoff_s * 2**attempt, left))
+                if self._closing.wait(min(self.retry.backoff_s * 2**attempt, left)):
+                    return []  # closed while backing off: no retry
                 continue
             latency_s = (time.perf_counter() - started) / n
             results = []
@@ -337,8 +370,17 @@ class LabellingService:
         return []
 
 
-def _call_with_deadline(call, timeout_s: float) -> Any:
-    """``call()`` on its own daemon thread; LabelerTimeoutError if it has not returned in ``timeout_s``.
+class CallAbandoned(Exception):
+    """A labeler call was left running because the service closed."""
+
+
+#: Seconds between checks, while a call runs, for the service closing.
+_POLL_S = 0.05
+
+
+def _call_with_deadline(call, timeout_s: float, abandon: threading.Event) -> Any:
+    """``call()`` on its own daemon thread; LabelerTimeoutError if it has not returned in ``timeout_s``,
+    CallAbandoned as soon as ``abandon`` is set.
 
     Python cannot stop a thread: a call past its deadline is abandoned, not killed, and its result
     is discarded whenever it comes.
@@ -357,8 +399,12 @@ def _call_with_deadline(call, timeout_s: float) -> Any:
             done.set()
 
     threading.Thread(target=target, name="vlm-labeler-call", daemon=True).start()
-    if not done.wait(timeout_s):
-        raise LabelerTimeoutError(f"no answer within {timeout_s:.1f} s")
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+        if abandon.is_set():
+            raise CallAbandoned("the labelling service closed")
+        if time.monotonic() >= deadline:
+            raise LabelerTimeoutError(f"no answer within {timeout_s:.1f} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

@@ -369,6 +369,7 @@ class PreferenceLearner:
             "labeler_latency_s": (self.service.latency_s_total / answered) if answered else float("nan"),
             "reward_model/version": self.reward_model.version,
             "reward_model/updates": s["updates"],
+            "reward_model/failed_updates": self.trainer.failures,
             "reward_model/loss": s["loss"],
             "reward_model/accuracy": s["accuracy"],
             "reward_model/gt_correlation": s["gt_correlation"],
@@ -429,10 +430,17 @@ class PreferenceLearner:
         learner.queries_issued = state["queries_issued"]
         return learner
 
-    def close(self) -> None:
-        """Stop the labelling threads and release the labeler (and the store, if the learner made it)."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop everything the learner runs beside the env loop, in about ``2 * timeout_s`` at most: the
+        labelling service (calls in flight get ``timeout_s`` to answer; what they answer is committed,
+        the rest abandoned and counted), the update in flight (abandoned, not swapped in), the
+        query-frame thread; then release the labeler and close the store if the learner made it. Later
+        calls do nothing. Call :meth:`flush` first to wait for every pending label instead."""
         if self.service is not None:
-            self.service.close()
+            self.service.close(timeout_s)
+        self.trainer.close(timeout_s)
+        if self.query_frames is not None:
+            self.query_frames.close()
         if self._owns_store:
             self.store.close()
 

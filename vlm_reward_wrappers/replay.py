@@ -21,6 +21,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
+from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.reward_model import RewardModel
 
 #: Info key of a step's reward-model input (its frame, or its observation), put there by the wrappers.
@@ -66,7 +67,8 @@ class RelabelingReplayBuffer(ReplayBuffer):
     In the background (default), the pass runs in a thread and SB3 goes on sampling the rewards as they
     were until a later :meth:`sample` finds the pass done and takes its rewards in; slots written in
     the meantime keep the rewards their own steps were given. A pass over 15,000 frames takes seconds
-    of CPU, which would otherwise stall training at every update. :meth:`finish_relabel` waits for it.
+    of CPU, which would otherwise stall training at every update. :meth:`finish_relabel` waits for it;
+    :meth:`close` stops it (SB3 never closes a buffer: one left open is closed at interpreter exit).
 
     Arguments are SB3's, plus:
 
@@ -95,6 +97,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
         self._version: Optional[int] = None
         self._adds = 0
         self._job: Optional[_RelabelJob] = None
+        self._stop = threading.Event()
         #: Relabelling passes whose rewards were taken in.
         self.relabels = 0
 
@@ -103,7 +106,11 @@ class RelabelingReplayBuffer(ReplayBuffer):
         # not (a copy would go stale); the next add finds the live one again.
         state = dict(self.__dict__)
         state["reward_model"], state["_version"], state["_job"] = None, None, None
+        del state["_stop"]  # an Event does not pickle
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stop=threading.Event())
 
     def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
         if self.reward_model is None:
@@ -147,10 +154,29 @@ class RelabelingReplayBuffer(ReplayBuffer):
         if self.reward_model is not None and self.reward_model.version != self._version:
             self.relabel()
 
-    def _scores(self, model: RewardModel, size: int) -> np.ndarray:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop a background pass (it ends after its current batch; its rewards are not taken in) and
+        join its thread, waiting at most ``timeout_s``. The buffer can still be sampled; a later
+        change of the reward model starts a new pass."""
+        job, self._job = self._job, None
+        if job is not None:
+            self._stop.set()
+            job.thread.join(timeout_s)
+            self._stop.clear()
+        lifecycle.untrack(self)
+
+    def _scores(self, model: RewardModel, size: int, stop: Optional[threading.Event] = None) -> Optional[np.ndarray]:
+        """Rewards of slots [0, size), (size, n_envs); None if ``stop`` was set before they were all scored."""
         inputs = self.reward_inputs[:size]
         flat = inputs.reshape(-1, *inputs.shape[2:])
-        return model.predict(flat, self.relabel_batch_size).reshape(size, self.n_envs)
+        # Chunks of a few batches, so a pass can be stopped within milliseconds.
+        chunk = 16 * self.relabel_batch_size
+        rewards = np.empty(len(flat), dtype=np.float32)
+        for start in range(0, len(flat), chunk):
+            if stop is not None and stop.is_set():
+                return None
+            rewards[start : start + chunk] = model.predict(flat[start : start + chunk], self.relabel_batch_size)
+        return rewards.reshape(size, self.n_envs)
 
     def _start_relabel(self) -> None:
         size = self.size()
@@ -159,12 +185,14 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
         def run() -> None:
             try:
-                job.rewards = self._scores(snapshot, size)
+                job.rewards = self._scores(snapshot, size, self._stop)
             except BaseException as error:  # raised again where the main thread takes the pass in
                 job.error = error
 
-        job = _RelabelJob(snapshot.version, size, self.pos, self._adds, threading.Thread(target=run, daemon=True))
+        job = _RelabelJob(snapshot.version, size, self.pos, self._adds,
+                          threading.Thread(target=run, name="vlm-relabel", daemon=True))
         self._job = job
+        lifecycle.track(self)
         job.thread.start()
 
     def _take_in(self, job: _RelabelJob) -> None:

@@ -3,6 +3,7 @@ training."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -278,6 +279,10 @@ class RewardModel:
         return cls.from_state(torch.load(path, map_location=device, weights_only=True), device)
 
 
+class UpdateAbandoned(Exception):
+    """A reward-model update stopped before it finished (its owner is closing)."""
+
+
 @dataclass
 class TrainStats:
     """What one reward-model update did: mean loss and accuracy of its last epoch, epochs run."""
@@ -349,8 +354,14 @@ class BradleyTerryTrainer:
         else:
             self._generator.manual_seed(seed)
 
-    def train(self, dataset: PreferenceDataset, epochs: Optional[int] = None) -> TrainStats:
-        """Run one update over all of ``dataset`` and bump the model's version."""
+    def train(
+        self, dataset: PreferenceDataset, epochs: Optional[int] = None, stop: Optional[threading.Event] = None,
+    ) -> TrainStats:
+        """Run one update over all of ``dataset`` and bump the model's version.
+
+        :param stop: checked before each gradient step; once set, the update is abandoned
+            (:class:`UpdateAbandoned` is raised, the weights are left part-trained).
+        """
         if len(dataset) == 0:
             raise ValueError("no labelled pairs to train on")
         inputs_a, inputs_b, targets = dataset.arrays()
@@ -369,6 +380,8 @@ class BradleyTerryTrainer:
             for start in range(0, n, self.batch_size):
                 if steps_left <= 0:
                     break
+                if stop is not None and stop.is_set():
+                    raise UpdateAbandoned("the update was stopped")
                 steps_left -= 1
                 idx = order[start : start + self.batch_size]  # (b, E): member e reads column e
                 both = self.model.to_tensor(np.concatenate([inputs_a[idx], inputs_b[idx]]))

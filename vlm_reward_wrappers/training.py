@@ -3,14 +3,18 @@ are swapped into the model the env loop scores with."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Optional, Tuple
 
 import numpy as np
 
+from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.labels import PreferenceDataset
-from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel, TrainStats
+from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel, TrainStats, UpdateAbandoned
+
+logger = logging.getLogger(__name__)
 
 
 class BackgroundTrainer:
@@ -22,21 +26,36 @@ class BackgroundTrainer:
     normalisation into the scoring model when they are ready and bumps its version: the only moment
     the scoring model changes, so inference never sees half-trained weights and never waits.
 
+    An update that raises is logged (the first with its traceback), counted in :attr:`failures` and
+    not swapped in; the next batch of labels starts another. ``max_failures`` updates failing in a
+    row raise the last error on the env loop's thread, at the next :meth:`poll`: training that never
+    happens does not go on silently.
+
     :param model: the scoring model (read by the env loop, relabelling and pair selection).
     :param trainer: trains the copy; build it on ``model.clone()`` (see :meth:`for_model`).
     :param asynchronous: train on a background thread (True) or inside :meth:`start`, deterministically.
+    :param max_failures: updates failing in a row before the error is raised.
     """
 
-    def __init__(self, model: RewardModel, trainer: BradleyTerryTrainer, asynchronous: bool = True) -> None:
+    def __init__(
+        self, model: RewardModel, trainer: BradleyTerryTrainer, asynchronous: bool = True, max_failures: int = 3,
+    ) -> None:
         if trainer.model is model:
             raise ValueError("the trainer must train a copy of the scoring model (model.clone()), not the model itself")
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be at least 1, got {max_failures}")
         self.model, self.trainer, self.asynchronous = model, trainer, asynchronous
+        self.max_failures = max_failures
         self._thread: Optional[threading.Thread] = None
         self._result: Optional[TrainStats] = None
         self._predicted: Optional[np.ndarray] = None
         self._error: Optional[BaseException] = None
+        self._stop = threading.Event()
         #: CPU seconds spent training, all updates together (the training thread's own time).
         self.train_cpu_s = 0.0
+        #: Updates that raised, all together; and in a row, up to the last one.
+        self.failures = 0
+        self._failures_in_a_row = 0
 
     @classmethod
     def for_model(cls, model: RewardModel, asynchronous: bool = True, **trainer_kwargs) -> "BackgroundTrainer":
@@ -52,12 +71,15 @@ class BackgroundTrainer:
         """Train the copy on ``dataset`` as it is now (later labels wait for the next update)."""
         if self.busy:
             raise RuntimeError("an update is already running: poll() until it is swapped in")
+        if self._stop.is_set():
+            raise RuntimeError("this trainer is closed: make a new one")
         snapshot = dataset.snapshot()
         inputs = None if normalization_inputs is None else np.array(normalization_inputs)  # the ring buffer moves on
         self._result, self._predicted, self._error = None, None, None
         self._thread = threading.Thread(target=self._train, args=(snapshot, inputs), name="vlm-reward-trainer",
                                         daemon=True)
         if self.asynchronous:
+            lifecycle.track(self)
             self._thread.start()
         else:
             self._thread.run()
@@ -69,7 +91,8 @@ class BackgroundTrainer:
             return None
         self._thread = None
         if self._error is not None:
-            raise RuntimeError("reward-model training failed") from self._error
+            return self._failed(self._error)
+        self._failures_in_a_row = 0
         self.model.copy_weights_from(self.trainer.model)
         self.model.version += 1
         return self._result, self._predicted
@@ -80,12 +103,37 @@ class BackgroundTrainer:
             self._thread.join(timeout)
         return self.poll()
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Abandon the update in flight (it stops before its next gradient step, and is not swapped in)
+        and join its thread, waiting at most ``timeout_s``. Later calls do nothing."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and self.asynchronous:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                logger.warning("the reward-model update did not stop within %g s of close()", timeout_s)
+        lifecycle.untrack(self)
+
+    def _failed(self, error: BaseException) -> None:
+        self.failures += 1
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= self.max_failures:
+            raise RuntimeError(f"reward-model training failed {self._failures_in_a_row} times in a row") from error
+        if self.failures == 1:
+            logger.error("a reward-model update failed; the model keeps its weights and the next batch of labels "
+                         "trains again", exc_info=error)
+        else:
+            logger.warning("a reward-model update failed again (%d in a row): %r", self._failures_in_a_row, error)
+        return None
+
     def _train(self, dataset: PreferenceDataset, normalization_inputs: Optional[np.ndarray]) -> None:
         started = time.thread_time()  # CPU seconds of this thread alone (the env loop runs beside it)
         try:
-            self._result = self.trainer.train(dataset)
-            if normalization_inputs is not None and len(normalization_inputs) >= 2:
+            self._result = self.trainer.train(dataset, stop=self._stop)
+            if normalization_inputs is not None and len(normalization_inputs) >= 2 and not self._stop.is_set():
                 self._predicted = self.trainer.model.fit_normalization(normalization_inputs)
+        except UpdateAbandoned:
+            pass  # closing: nothing is swapped in
         except BaseException as error:  # handed to poll(), on the env loop's thread
             self._error = error
         self.train_cpu_s += time.thread_time() - started

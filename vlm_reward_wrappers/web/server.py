@@ -16,6 +16,8 @@ import time
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from vlm_reward_wrappers import lifecycle
+
 TOKEN_COOKIE = "vlmrw_token"
 
 
@@ -104,6 +106,7 @@ class BackgroundServer:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="vlm-web", daemon=True)
+        lifecycle.track(self)
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -122,6 +125,7 @@ class BackgroundServer:
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     def close(self) -> None:
-        """Stop serving (within a second or so)."""
+        """Stop serving (within a second or so, 5 s at most). Later calls do nothing."""
         self._server.should_exit = True
         self._thread.join(timeout=5)
+        lifecycle.untrack(self)

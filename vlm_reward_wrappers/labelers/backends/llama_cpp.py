@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from vlm_reward_wrappers.labelers.backends.base import ChatBackend
+from vlm_reward_wrappers.labelers.base import LabelerRefusedError
 
 #: Chat handlers by the names llama-cpp-python's server gives them (``--chat_format``). "mtmd" uses
 #: the chat template stored in the model file (SmolVLM, Gemma 3, Qwen2.5-VL and most recent VLMs).
@@ -72,6 +73,21 @@ class _FirstLogits:
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self.logits is None:
             self.logits = np.array(scores, dtype=np.float64)
+        return scores
+
+
+class _EndWhenClosing:
+    """A logits processor that leaves only the end-of-sequence token once ``closing`` is set, so a
+    generation in flight ends at its next token (llama.cpp has no other way to stop one)."""
+
+    def __init__(self, closing: threading.Event, eos: int) -> None:
+        self.closing, self.eos = closing, eos
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.closing.is_set():
+            ended = np.full_like(scores, -np.inf)
+            ended[self.eos] = 0.0
+            return ended
         return scores
 
 
@@ -140,6 +156,8 @@ class LlamaCppBackend(ChatBackend):
         self._choice_tokens: Dict[Tuple[str, ...], Dict[str, np.ndarray]] = {}
         # One llama.cpp context runs one sequence: calls from several threads take turns.
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._end_when_closing = _EndWhenClosing(self._closing, self.llama.token_eos())
 
     @property
     def backend_id(self) -> str:
@@ -150,8 +168,11 @@ class LlamaCppBackend(ChatBackend):
 
     def chat(self, messages: List[Dict], max_tokens: int, logits_processor: Optional[list] = None) -> str:
         with self._lock:
+            if self._closing.is_set():
+                raise LabelerRefusedError("the llama.cpp backend is closed")
             response = self.llama.create_chat_completion(
-                messages=messages, temperature=0.0, max_tokens=max_tokens, logits_processor=logits_processor,
+                messages=messages, temperature=0.0, max_tokens=max_tokens,
+                logits_processor=[*(logits_processor or []), self._end_when_closing],
                 # The answer digits appear in the instructions; a repeat penalty would bias against them.
                 repeat_penalty=1.0,
             )
@@ -190,5 +211,8 @@ class LlamaCppBackend(ChatBackend):
         return {choice: tokens for choice, tokens in ids.items() if len(tokens)}
 
     def close(self) -> None:
+        """Free the model: a generation in flight ends at its next token (an image being encoded is
+        finished first, seconds on a CPU). Later calls do nothing."""
+        self._closing.set()
         with self._lock:
             self.llama.close()

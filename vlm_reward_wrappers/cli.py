@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Dict, List, Optional
@@ -95,7 +96,11 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     algo_kwargs = dict(learning_starts=config.seed_steps, replay_buffer_class=RelabelingReplayBuffer) if off_policy else {}
     model = algo_cls("MlpPolicy", env, seed=args.seed, verbose=0, tensorboard_log=args.tensorboard_log, **algo_kwargs)
     started = time.perf_counter()
-    model.learn(args.steps, callback=VLMMetricsCallback(env), progress_bar=sys.stderr.isatty())
+    try:
+        model.learn(args.steps, callback=VLMMetricsCallback(env), progress_bar=sys.stderr.isatty())
+    except KeyboardInterrupt:  # answers in flight get a few seconds to land in the store, then all closes
+        env.close()
+        raise
     env.learner.flush(timeout=60)
     wall_s = time.perf_counter() - started
     eval_env = Monitor(gym.make(args.env))
@@ -327,7 +332,17 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(f"  {name + ':':<30}{value:.3f}" if isinstance(value, float) else f"  {name + ':':<30}{value}")
         print(f"  {'label store:':<30}{args.label_store}")
         return
-    figures = train(args)
+    # A scheduler's SIGTERM stops a run as Ctrl-C does: calls in flight get seconds to answer, then all closes.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        figures = train(args)
+    except KeyboardInterrupt:
+        where = args.label_store or "no file (pass --label-store FILE to keep labels across runs)"
+        print(f"vlm-reward: stopped before the end of training; the labels answered so far are in {where}",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(figures))
         return

@@ -345,7 +345,8 @@ class PreferenceLearner:
         """Counters and figures of the run, under the names used in SB3's logger (``vlm/<name>``)."""
         s = self._stats
         counts = self.service.counts if self.service is not None else dict.fromkeys(
-            ("sent", "answered", "cached", "dropped", "failed_calls", "timeouts", "invalid_answers"), 0)
+            ("sent", "answered", "cached", "dropped", "failed_calls", "timeouts", "invalid_answers",
+             "abandoned_at_close"), 0)
         answered = counts["answered"]
         # Figures a labeler keeps of its own (SwapConsistentLabeler's position bias, ...).
         own = getattr(self.labeler, "metrics", None) or {}
@@ -362,6 +363,7 @@ class PreferenceLearner:
             "labeler_failures": counts["failed_calls"],
             "labeler_timeouts": counts["timeouts"],
             "labeler_invalid_answers": counts["invalid_answers"],
+            "queries_abandoned_at_close": counts["abandoned_at_close"],
             "no_preference": s["no_preference"],
             "skipped_batches": s["skipped_batches"],
             "exploring": float(self.exploring),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
@@ -52,6 +52,9 @@ class _RelabelJob:
     pos: int  # where the buffer wrote next when the pass started
     adds: int  # transitions added before the pass started
     thread: threading.Thread
+    # Set when the pass has finished; waited on instead of Thread.join (see BackgroundTrainer).
+    done: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the pass ends at its next chunk
     rewards: Optional[np.ndarray] = None
     error: Optional[BaseException] = None
 
@@ -97,7 +100,6 @@ class RelabelingReplayBuffer(ReplayBuffer):
         self._version: Optional[int] = None
         self._adds = 0
         self._job: Optional[_RelabelJob] = None
-        self._stop = threading.Event()
         #: Relabelling passes whose rewards were taken in.
         self.relabels = 0
 
@@ -106,11 +108,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
         # not (a copy would go stale); the next add finds the live one again.
         state = dict(self.__dict__)
         state["reward_model"], state["_version"], state["_job"] = None, None, None
-        del state["_stop"]  # an Event does not pickle
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _stop=threading.Event())
 
     def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
         if self.reward_model is None:
@@ -128,7 +126,7 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
     def sample(self, batch_size: int, env=None):
         if self.reward_model is not None:
-            if self._job is not None and not self._job.thread.is_alive():
+            if self._job is not None and self._job.done.is_set():
                 self._take_in(self._job)
             if self._job is None and self.reward_model.version != self._version:
                 if self.relabel_in_background:
@@ -149,27 +147,26 @@ class RelabelingReplayBuffer(ReplayBuffer):
         """Wait for a background pass and take its rewards in, then relabel now if the reward model has
         changed since it started: afterwards every stored reward is the current model's."""
         if self._job is not None:
-            self._job.thread.join()
+            self._job.done.wait()
             self._take_in(self._job)
         if self.reward_model is not None and self.reward_model.version != self._version:
             self.relabel()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop a background pass (it ends after its current batch; its rewards are not taken in) and
-        join its thread, waiting at most ``timeout_s``. The buffer can still be sampled; a later
+        """Stop a background pass (it ends after its current chunk of ``16 * relabel_batch_size`` inputs;
+        its rewards are not taken in) and wait for its thread, at most ``timeout_s``. The buffer can still be sampled; a later
         change of the reward model starts a new pass."""
         job, self._job = self._job, None
         if job is not None:
-            self._stop.set()
-            job.thread.join(timeout_s)
-            self._stop.clear()
+            job.stop.set()
+            job.done.wait(timeout_s)
         lifecycle.untrack(self)
 
     def _scores(self, model: RewardModel, size: int, stop: Optional[threading.Event] = None) -> Optional[np.ndarray]:
         """Rewards of slots [0, size), (size, n_envs); None if ``stop`` was set before they were all scored."""
         inputs = self.reward_inputs[:size]
         flat = inputs.reshape(-1, *inputs.shape[2:])
-        # Chunks of a few batches, so a pass can be stopped within milliseconds.
+        # In chunks of a few batches, so that a pass stops within a fraction of a second of close().
         chunk = 16 * self.relabel_batch_size
         rewards = np.empty(len(flat), dtype=np.float32)
         for start in range(0, len(flat), chunk):
@@ -185,9 +182,10 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
         def run() -> None:
             try:
-                job.rewards = self._scores(snapshot, size, self._stop)
+                job.rewards = self._scores(snapshot, size, job.stop)
             except BaseException as error:  # raised again where the main thread takes the pass in
                 job.error = error
+            job.done.set()
 
         job = _RelabelJob(snapshot.version, size, self.pos, self._adds,
                           threading.Thread(target=run, name="vlm-relabel", daemon=True))

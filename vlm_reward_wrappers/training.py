@@ -47,6 +47,9 @@ class BackgroundTrainer:
         self.model, self.trainer, self.asynchronous = model, trainer, asynchronous
         self.max_failures = max_failures
         self._thread: Optional[threading.Thread] = None
+        # Set when the update's thread has finished its work. Waits use it, not Thread.join: on Python
+        # 3.11 a join interrupted by Ctrl-C marks a running thread stopped, and it would outlive close().
+        self._done = threading.Event()
         self._result: Optional[TrainStats] = None
         self._predicted: Optional[np.ndarray] = None
         self._error: Optional[BaseException] = None
@@ -76,6 +79,7 @@ class BackgroundTrainer:
         snapshot = dataset.snapshot()
         inputs = None if normalization_inputs is None else np.array(normalization_inputs)  # the ring buffer moves on
         self._result, self._predicted, self._error = None, None, None
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._train, args=(snapshot, inputs), name="vlm-reward-trainer",
                                         daemon=True)
         if self.asynchronous:
@@ -87,7 +91,7 @@ class BackgroundTrainer:
     def poll(self) -> Optional[Tuple[TrainStats, Optional[np.ndarray]]]:
         """Swap a finished update into the scoring model; return its figures and the normalised rewards
         of the inputs given to :meth:`start` (None without them), or None if no update finished."""
-        if self._thread is None or (self.asynchronous and self._thread.is_alive()):
+        if self._thread is None or not self._done.is_set():
             return None
         self._thread = None
         if self._error is not None:
@@ -99,19 +103,17 @@ class BackgroundTrainer:
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Tuple[TrainStats, Optional[np.ndarray]]]:
         """Wait for a running update (at most ``timeout`` s) and swap it in; None if none finished."""
-        if self._thread is not None and self.asynchronous:
-            self._thread.join(timeout)
+        if self._thread is not None:
+            self._done.wait(timeout)
         return self.poll()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Abandon the update in flight (it stops before its next gradient step, and is not swapped in)
-        and join its thread, waiting at most ``timeout_s``. Later calls do nothing."""
+        and wait for its thread to finish, at most ``timeout_s``. Later calls do nothing."""
         self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and self.asynchronous:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                logger.warning("the reward-model update did not stop within %g s of close()", timeout_s)
+        if self._thread is not None and not self._done.wait(timeout_s):
+            logger.warning("the reward-model update did not stop within %g s of close()", timeout_s)
+        self._thread = None
         lifecycle.untrack(self)
 
     def _failed(self, error: BaseException) -> None:
@@ -137,3 +139,4 @@ class BackgroundTrainer:
         except BaseException as error:  # handed to poll(), on the env loop's thread
             self._error = error
         self.train_cpu_s += time.thread_time() - started
+        self._done.set()

@@ -1,6 +1,7 @@
 """LlamaCppLabeler through the real llama_cpp.Llama + chat handler path, on a tiny random VLM."""
 
 import ctypes
+import threading
 import re
 import sys
 
@@ -233,3 +234,27 @@ def test_the_audit_runs_end_to_end_with_the_tiny_vlm(tiny_vlm, tmp_path):
     # Gibberish answers: all abstentions, each with its raw text, the images at the backend's size.
     assert result.pairs == 3 and result.abstention_rate == 1.0 and all(item["raw"] for item in result.items)
     assert result.latency_s_mean > 0 and write_report(result, tmp_path).is_file()
+
+
+def test_close_ends_a_generation_in_flight_at_its_next_token(tiny_vlm):
+    from vlm_reward_wrappers.labelers.backends import LlamaCppBackend
+
+    messages = [{"role": "user", "content": "Describe the cart and the pole at length."}]
+    backend = LlamaCppBackend(*tiny_vlm, n_ctx=2048, n_threads=1, n_threads_batch=1)
+    full = backend.chat(messages, 1500)  # temperature 0: the same text every time, uncut
+    tokens, started, answer = [], threading.Event(), {}
+
+    def count_tokens(input_ids, scores):
+        tokens.append(len(input_ids))
+        if len(tokens) == 20:
+            started.set()
+        return scores
+
+    generation = threading.Thread(target=lambda: answer.setdefault("text", backend.chat(messages, 1500, [count_tokens])))
+    generation.start()
+    assert started.wait(60)
+    backend.close()  # waits for the generation, which ends at its next token
+    generation.join(10)
+    assert not generation.is_alive() and len(answer["text"]) < len(full)
+    assert len(tokens) < 40
+    backend.close()

@@ -204,6 +204,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # (reward_image_size.py, cloth-fold: held-out correlation with the true reward 0.89 against 0.75;
     # in the grid, 3 seeds, median 0.75 against 0.72 and 0.43 against 0.66 over the last 3 evaluations).
     "resnet18": _learner_change(lambda settings: {**settings, "reward_net": "resnet18"}),
+    # The reward model reads the env's state (rope and cloth key points, MetaWorld's observation) while the
+    # labeler still judges rendered frames: what a reward model can represent, apart from what it is shown.
+    "state": _learner_change(lambda settings: {**settings, "reward_input": "observation"}),
     # BPref's disagreement sampling instead of RL-VLM-F's uniform pairs: labels go where the ensemble is
     # unsure, such as among nearly solved frames, which the cloth-fold CNN orders at 57% (reward_image_size.py).
     "disagreement": _learner_change(lambda settings: {**settings, "sampler": "disagreement"}),
@@ -291,6 +294,21 @@ class TrueScoreCallback(BaseCallback):
             self.curves.setdefault(measure, []).append([self.num_timesteps, score])
 
 
+def current_commit() -> str:
+    """The commit the code runs on, with "+changes" where the work tree differs from it; "unknown" outside git."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=10", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run_one(
     task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None
 ) -> dict:
@@ -327,7 +345,7 @@ def run_one(
         "wall_s": wall_s, "env_steps_per_s": config.steps[size] / wall_s,
         # Success where the env reports it, beside a metric of return (MetaWorld within this machine's budgets).
         "success_curve": scorer.curves.get("success"), "final_success": scorer.curves.get("success", [[0, None]])[-1][1],
-        "queries": 0, "labels_used": 0, "label_accuracy": None,
+        "queries": 0, "labels_used": 0, "label_accuracy": None, "commit": current_commit(),
     }
     if learned:
         env.learner.flush(timeout=60)

@@ -297,3 +297,17 @@ def test_a_failing_update_is_logged_once_counted_and_raised_after_three_in_a_row
         trainer.wait(timeout=10)
     assert isinstance(raised.value.__cause__, FloatingPointError)
     trainer.close()
+
+
+def test_closing_a_wrapper_twice_is_harmless_and_leaves_nothing_running(cartpole):
+    from vlm_reward_wrappers import VLMRewardWrapper
+
+    env = VLMRewardWrapper(cartpole, GOAL, OracleLabeler(), seed_steps=20, query_every=20, pairs_per_query=10,
+                           query_image_size=200, seed=0)
+    env.reset(seed=0)
+    for _ in range(60):
+        env.step(env.action_space.sample())
+    env.close()
+    env.close()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("vlm-")]
+    assert env.learner.metrics["reward_model/updates"] >= 1

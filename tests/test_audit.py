@@ -61,3 +61,29 @@ def test_cli_audit_writes_the_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "label_accuracy:" in out and (tmp_path / "a" / "audit.html").is_file()
     assert json.loads((tmp_path / "a" / "audit.json").read_text())["pairs"] == 20
+
+
+def test_the_report_shows_each_frame_at_the_size_the_labeler_was_sent_it(tmp_path):
+    from browser import open_browser, screenshot
+
+    class Shown360(OracleLabeler):
+        query_image_size = 360
+
+    env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
+    result = audit(env, GOAL, Shown360(), n_pairs=4, seed=0)
+    env.close()
+    assert result.items[0]["frame_size"] == [360, 240]  # 600 x 400 rendered, shrunk to the labeler's 360
+    page = write_report(result, tmp_path / "audit")
+    browser = open_browser()
+    try:
+        browser.get(page.as_uri())
+        sizes = browser.execute_script(
+            "return [...document.querySelectorAll('.pair img')].map(i => [i.naturalWidth, i.clientWidth, i.clientHeight])")
+        assert len(sizes) == 8 and all(s == [360, 360, 240] for s in sizes), sizes
+        assert "sent at 360 x 240 px" in browser.find_element("css selector", ".pair").text
+        image = browser.find_element("css selector", ".pair img")
+        image.click()
+        assert "full" in image.get_attribute("class")
+        screenshot(browser, "audit_report.png")
+    finally:
+        browser.quit()

@@ -102,3 +102,22 @@ def test_missing_metaworld_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "metaworld", None)
     with pytest.raises(ImportError, match=r"vlm-reward-wrappers\[metaworld\]"):
         gym.make("vlmrw/MetaWorld-drawer-open-v0")
+
+
+def _registered_ids():
+    from gymnasium.envs.registration import registry
+
+    return sorted(env_id for env_id in registry if env_id.startswith("vlmrw/"))
+
+
+@pytest.mark.parametrize("env_id", _registered_ids())
+def test_every_registered_env_renders_query_frames_a_vlm_can_judge_by_default(env_id):
+    if "MetaWorld" in env_id and importlib.util.find_spec("metaworld") is None:
+        pytest.skip("metaworld not installed")
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    env.close()
+    # RL-VLM-F showed its VLM cloth at 360 x 360, rope at 240 and MetaWorld at 300.
+    least = 360 if ("Cloth" in env_id or "Rope" in env_id) else 240
+    assert max(frame.shape[:2]) >= least, frame.shape

@@ -94,3 +94,25 @@ def test_scripted_flatten_beats_random_moves():
         random.append(run(env, [env.action_space.sample() for _ in range(4)])["covered_fraction"])
     assert min(scripted) > 0.85 and min(scripted) > max(random) + 0.3
     env.close()
+
+
+def _span(mask: np.ndarray) -> float:
+    """The object's extent: the longer side of its pixels' bounding box, as a fraction of the frame's side."""
+    ys, xs = np.nonzero(mask)
+    return max(np.ptp(xs) + 1, np.ptp(ys) + 1) / max(mask.shape)
+
+
+@pytest.mark.parametrize("env_cls, script, start_share, goal_share", [
+    (ClothFoldEnv, fold_cloth, 0.2, 0.1),  # measured: 0.236 spread, 0.113-0.115 folded (seeds 0-2)
+    (ClothFlattenEnv, flatten_cloth, 0.09, 0.18),  # 0.110-0.157 crumpled, 0.209-0.232 flattened
+])
+def test_the_default_frame_shows_the_cloth_large_at_its_start_and_its_goal(env_cls, script, start_share, goal_share):
+    env = env_cls(render_mode="rgb_array")
+    for seed in range(2):
+        env.reset(seed=seed)
+        start = cloth_pixels(env.render())
+        run(env, script(env))
+        goal = cloth_pixels(env.render())
+        assert start.shape == (360, 360) and start.mean() > start_share and goal.mean() > goal_share
+        assert _span(start) > 0.4 and _span(goal) > 0.4  # measured 0.45-0.55
+    env.close()

@@ -74,3 +74,20 @@ def test_frames_show_the_rope_and_its_moves(rope):
     # A rope 0.4 m long and 2 cm thick under a camera that sees 0.75 m: about 3% of the frame.
     assert 0.01 < before.mean() < 0.08 and 0.01 < after.mean() < 0.08
     assert (before != after).mean() > 0.01
+
+
+def test_the_default_frame_shows_the_rope_thick_and_wide_at_its_start_and_its_goal():
+    env = RopeStraightenEnv(render_mode="rgb_array")
+    for seed in range(2):
+        env.reset(seed=seed)
+        start = rope_pixels(env.render())
+        straighten(env)
+        goal = rope_pixels(env.render())
+        assert start.shape == (360, 360)
+        for mask in (start, goal):
+            ys, xs = np.nonzero(mask)
+            span = max(np.ptp(xs) + 1, np.ptp(ys) + 1)
+            # Measured: it spans 0.40-0.42 of the frame curled, 0.55-0.67 straight, about 14 px thick (4 at 128 px).
+            assert span > 0.38 * 360 and mask.sum() / span > 8
+        assert max(np.ptp(np.nonzero(goal)[1]), np.ptp(np.nonzero(goal)[0])) > 0.5 * 360
+    env.close()

@@ -126,6 +126,7 @@ def audit(
         record = answered.get(id(job))
         items.append({
             "frame_a": frame_to_data_uri(shown[i]), "frame_b": frame_to_data_uri(shown[j]),
+            "frame_size": [int(shown[i].shape[1]), int(shown[i].shape[0])],  # width, height as sent
             "gt_reward_a": float(rewards[i]), "gt_reward_b": float(rewards[j]),
             "relative_gap": abs(float(rewards[j] - rewards[i])) / spread,
             "true_answer": gt_preference(rewards[i], rewards[j]),
@@ -201,7 +202,8 @@ def _html(data: dict) -> str:
         f"<td class='bin-accuracy'>{_fmt(b['label_accuracy'])}</td></tr>" for b in data["gap_bins"])
     pairs = "".join(
         pair_card(it["frame_a"], it["frame_b"], it["answer"], None if it["true_answer"] == NO_PREFERENCE else it["true_answer"],
-                  [("rewards", f"{it['gt_reward_a']:.3f} / {it['gt_reward_b']:.3f}"), ("gap", f"{it['relative_gap']:.2f} sd")],
+                  [("rewards", f"{it['gt_reward_a']:.3f} / {it['gt_reward_b']:.3f}"), ("gap", f"{it['relative_gap']:.2f} sd"),
+                   ("sent at", "{} x {} px".format(*it["frame_size"]))],
                   it["raw"])
         for it in data["items"])
     return page("Labeler audit", f"""<h1>Labeler audit</h1><p>{html.escape(data['labeler_id'])}<br>goal: {html.escape(data['goal'])}</p>

@@ -48,3 +48,16 @@ def test_queries_and_episode_rewards_reach_tensorboard(cartpole, tmp_path):
     # Pictures stay out of the text outputs.
     columns = open(tmp_path / "progress.csv").readline().strip().split(",")
     assert "vlm/labels_used" in columns and not {"vlm/queries", "vlm/episode_rewards"} & set(columns)
+
+
+def test_without_tensorboard_no_picture_is_made_and_no_missing_extra_is_mentioned(cartpole, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as on a machine without the plot extra
+    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=OracleLabeler(), seed=0, seed_steps=64, query_every=64,
+                           pairs_per_query=8, asynchronous=False)
+    callback = VLMMetricsCallback(env, picture_every=0)
+    PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0).learn(256, callback=callback)
+    env.close()
+    assert "matplotlib" not in caplog.text and callback._finished is not None
+    assert callback._last_picture == {"queries": 0, "rewards": 0}  # never due: nothing was drawn

@@ -74,7 +74,7 @@ class VLMMetricsCallback(BaseCallback):
     ``vlm/gt_episode_return`` and ``vlm/gt_episode_length`` (SB3's Monitor sees only the learned
     reward), so they appear in its console output and TensorBoard.
 
-    With ``log_pictures`` it also sends TensorBoard the latest answered queries as ``vlm/queries`` (an
+    With ``log_pictures``, where the logger writes TensorBoard, it also sends it the latest answered queries as ``vlm/queries`` (an
     image: image 1 and image 2 per row, the chosen one framed green where the true reward agrees, red
     where it does not) and, for the first env's latest finished episode, the learned and true reward
     step by step as ``vlm/episode_rewards`` (a figure; needs matplotlib, the ``plot`` extra).
@@ -113,9 +113,15 @@ class VLMMetricsCallback(BaseCallback):
         if self.episodes:
             self.logger.record("vlm/gt_episode_return", float(np.mean([e["r"] for e in self.episodes])))
             self.logger.record("vlm/gt_episode_length", float(np.mean([e["l"] for e in self.episodes])))
-        if self.log_pictures:
+        if self.log_pictures and self._tensorboard():
             self._log_queries()
             self._log_rewards()
+
+    def _tensorboard(self) -> bool:
+        """Whether the logger writes TensorBoard, the one output that shows pictures."""
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+        return any(isinstance(output, TensorBoardOutputFormat) for output in self.logger.output_formats)
 
     def _due(self, kind: str) -> bool:
         if self.num_timesteps - self._last_picture[kind] < self.picture_every:

@@ -231,6 +231,9 @@ def base_task(task: str) -> str:
     return task.partition("+")[0]
 
 
+#: The true reward, and the true reward with every frame rendered and prepared as a learned reward's are:
+#: the learned reward's cost beside the second is what it adds over rendering.
+TRUE_SOURCES = ("true", "true-rendered")
 SIMULATED_SOURCES = ("true", "oracle", "mistake-0.1", "mistake-0.2", "mistake-0.3")
 #: The sources of the full grid: the true reward, the perfect teacher, a teacher that errs like a VLM at
 #: 75% label accuracy, and uniform 20% mistakes.
@@ -253,7 +256,7 @@ def simulated_labeler(source: str, seed: int) -> Labeler:
 
 def is_simulated(source: str) -> bool:
     """Whether a reward source is the true reward or a simulated teacher (no labeler to supply)."""
-    return source in ("true", "oracle") or source.startswith(("mistake-", "realistic-"))
+    return source in TRUE_SOURCES + ("oracle",) or source.startswith(("mistake-", "realistic-"))
 
 
 class TrueScoreCallback(BaseCallback):
@@ -316,13 +319,16 @@ def run_one(
     import stable_baselines3
     import torch
 
-    from vlm_reward_wrappers import RelabelingReplayBuffer, VLMRewardWrapper
+    from vlm_reward_wrappers import FrameInfoWrapper, RelabelingReplayBuffer, VLMRewardWrapper
     from vlm_reward_wrappers.envs import goal_for
 
     torch.set_num_threads(1)
     config = task_config(task)
-    learned = source != "true"
-    env = gym.make(config.env_id, render_mode="rgb_array" if learned else None, **config.env_kwargs)
+    learned = source not in TRUE_SOURCES
+    rendered = source != "true"
+    env = gym.make(config.env_id, render_mode="rgb_array" if rendered else None, **config.env_kwargs)
+    if not learned and rendered:
+        env = FrameInfoWrapper(env, make_config(**config.learner[size]).reward_image_size)
     if learned:
         simulated = labeler is None
         labeler = simulated_labeler(source, seed) if simulated else labeler
@@ -354,7 +360,13 @@ def run_one(
         correlation = metrics["reward_model/gt_correlation"]
         result.update(queries=metrics["queries_issued"], labels_used=metrics["labels_used"],
                       label_accuracy=None if np.isnan(accuracy) else accuracy,
-                      gt_correlation=None if np.isnan(correlation) else correlation)
+                      gt_correlation=None if np.isnan(correlation) else correlation,
+                      # Seconds per part of the learned reward's work (vlm_reward_wrappers.cost.PARTS).
+                      cost={name[len("cost/"):-len("_s")]: seconds for name, seconds in metrics.items()
+                            if name.startswith("cost/")})
+        relabel_s = getattr(getattr(model, "replay_buffer", None), "relabel_s", None)
+        if relabel_s is not None:
+            result["cost"]["relabelling"] = relabel_s
     env.close()
     eval_env.close()
     return result
@@ -375,7 +387,8 @@ def normalise(results: List[dict], random: Dict[str, float]) -> None:
     would only amplify noise."""
     for r in results:
         r["late"] = float(np.mean([score for _, score in r["curve"][-LATE_EVALUATIONS:]]))
-    truth = {(r["task"], r["seed"]): r for r in results if r["source"] == "true"}
+    truth = {(r["task"], r["seed"]): r for r in results if r["source"] == "true"}  # not true-rendered: the same
+    # reward, so the same scores but for the seed's luck
     for r in results:
         ref = truth.get((base_task(r["task"]), r["seed"]))  # an ablation is judged against its task's truth
         for key in ("final", "late", "auc"):
@@ -431,10 +444,11 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     rows = [
         f"| task | algo | reward source | seeds | median normalized | IQR | median normalized, last {LATE_EVALUATIONS} "
-        "evaluations | median final | median queries | median wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "evaluations | median final | median queries | median wall s | wall / true reward rendered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {s['task']} | {s['algo']} | {s['source']} | {s['n_seeds']} | {fmt(s['median_normalized'])} | "
-          f"{fmt(s['iqr_normalized'])} | {fmt(s['median_late_normalized'])} | {fmt(s['median_final'])} | {s['median_queries']:.0f} | {s['median_wall_s']:.0f} |"
+          f"{fmt(s['iqr_normalized'])} | {fmt(s['median_late_normalized'])} | {fmt(s['median_final'])} | {s['median_queries']:.0f} | {s['median_wall_s']:.0f} | "
+          f"{fmt(s['wall_over_true_rendered'])} |"
           for s in summary),
         "", "Random actions: " + ", ".join(f"{t} {score:.2f}" for t, score in random.items()),
     ]
@@ -473,11 +487,13 @@ def write_report(results: List[dict], random: Dict[str, float], out: Path, machi
 
 def summarise(results: List[dict]) -> List[dict]:
     """One entry per (task, algo, source): seeds, median and interquartile range of the normalised final
-    score and median of the normalised late score (None where they are undefined), median queries and
-    median wall seconds."""
+    score and median of the normalised late score (None where they are undefined), median queries,
+    median wall seconds and their ratio to the true reward's with the same rendering (``true-rendered``)."""
     groups: Dict[tuple, List[dict]] = {}
     for r in results:
         groups.setdefault((r["task"], r["algo"], r["source"]), []).append(r)
+    rendered_wall = {(task, algo): float(np.median([r["wall_s"] for r in runs]))
+                     for (task, algo, source), runs in groups.items() if source == "true-rendered"}
     summary = []
     for (task, algo, source), runs in sorted(groups.items()):
         norms = [r["final_norm"] for r in runs if r.get("final_norm") is not None]
@@ -491,6 +507,9 @@ def summarise(results: List[dict]) -> List[dict]:
             "median_queries": float(np.median([r["queries"] for r in runs])),
             "median_wall_s": float(np.median([r["wall_s"] for r in runs])),
         })
+        reference = rendered_wall.get((base_task(task), algo))
+        # Wall time over the true reward's with the same rendering: what learning the reward adds.
+        summary[-1]["wall_over_true_rendered"] = None if reference is None else summary[-1]["median_wall_s"] / reference
     return summary
 
 
@@ -578,7 +597,7 @@ def run_benchmark(
     finished = {(r["task"], r["source"], r["seed"], r["size"]) for r in read_results(path)}
     jobs = [] if report_only else [
         (t, s, seed) for t in tasks for seed in seeds for s in sources
-        if (t, s, seed, size) not in finished and not (s == "true" and t != base_task(t))]
+        if (t, s, seed, size) not in finished and not (s in TRUE_SOURCES and t != base_task(t))]
     for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
         factory = labelers.get(source)
         result = run_one(task, source, seed, size, factory() if factory else None)

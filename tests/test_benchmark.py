@@ -279,3 +279,19 @@ def test_the_reward_image_size_probe_films_metaworld_through_the_camera_asked_fo
     with pytest.raises(RuntimeError, match="made"):
         probe.scripted_frames("drawer-open", 1, camera="topview")
     assert made == [("vlmrw/MetaWorld-drawer-open-v0", {"render_mode": "rgb_array", "hide_robot": False, "camera": "topview"})]
+
+
+def test_each_run_records_its_commit_and_cost_and_the_summary_its_wall_time_over_the_rendered_truth(
+        tiny_task, tmp_path):
+    results = harness.run_benchmark("smoke", [tiny_task], ["true", "true-rendered", "oracle"], [0], tmp_path)
+    truth, rendered, oracle = results
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True,
+                          cwd=SCRIPT.parent).stdout.strip()
+    assert all(r["commit"].startswith(head) for r in results)
+    assert rendered["queries"] == 0 and "cost" not in rendered and rendered["final_norm"] is not None
+    assert {"render", "frame_prep", "scoring", "learner", "waiting", "training"} <= set(oracle["cost"])
+    assert oracle["cost"]["render"] > 0 and oracle["cost"]["training"] > 0
+    row = {s["source"]: s for s in json.loads((tmp_path / "summary.json").read_text())}
+    assert row["oracle"]["wall_over_true_rendered"] == pytest.approx(oracle["wall_s"] / rendered["wall_s"])
+    assert row["true-rendered"]["wall_over_true_rendered"] == pytest.approx(1.0)
+    assert "wall / true reward rendered" in (tmp_path / "summary.md").read_text()

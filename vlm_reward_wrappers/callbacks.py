@@ -110,6 +110,9 @@ class VLMMetricsCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         for name, value in self.learner.metrics.items():
             self.logger.record(f"vlm/{name}", value)
+        relabel_s = getattr(getattr(self.model, "replay_buffer", None), "relabel_s", None)
+        if relabel_s is not None:  # RelabelingReplayBuffer's passes
+            self.logger.record("vlm/cost/relabelling_s", relabel_s)
         if self.episodes:
             self.logger.record("vlm/gt_episode_return", float(np.mean([e["r"] for e in self.episodes])))
             self.logger.record("vlm/gt_episode_length", float(np.mean([e["l"] for e in self.episodes])))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Union
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
+from vlm_reward_wrappers.cost import CostMeter
 from vlm_reward_wrappers.exploration import StateEntropyReward
 from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
@@ -121,6 +123,8 @@ class PreferenceLearner:
         self.recent_answers: deque = deque(maxlen=RECENT_ANSWERS)
         #: Answers received from the labelling service so far (the store's cached answers included).
         self.answers_received = 0
+        #: Seconds per part of the work (:data:`~vlm_reward_wrappers.cost.PARTS`); the wrappers add theirs.
+        self.cost = CostMeter()
         self._stats: Dict[str, float] = {
             "no_preference": 0, "labels_resumed": 0, "labels_compared": 0, "labels_correct": 0,
             "skipped_batches": 0, "updates": 0, "loss": float("nan"), "accuracy": float("nan"),
@@ -159,15 +163,15 @@ class PreferenceLearner:
                 obs_shape = None if self.reward_model.reward_input == "frame" else self.reward_model.input_shape
                 self.buffer = FrameBuffer(self.config.buffer_capacity, frames.shape[1:], obs_shape)
             if self.query_frames is not None and query_frames is not None:
-                for i, frame in enumerate(query_frames):  # filed under their buffer entries
-                    if frame is not None:
-                        self.query_frames.add(self.buffer.added + i, resize_longer_side(frame, self.query_image_size))
+                with self.cost.timing("frame_prep"):
+                    for i, frame in enumerate(query_frames):  # filed under their buffer entries
+                        if frame is not None:
+                            self.query_frames.add(self.buffer.added + i, resize_longer_side(frame, self.query_image_size))
             self.buffer.add(frames, gt_rewards, observations)
             self.num_timesteps += len(frames)
             self.tick()
-        if exploring:
-            return self.exploration(observations)
-        return self.reward_model.predict(inputs)
+        with self.cost.timing("scoring"):
+            return self.exploration(observations) if exploring else self.reward_model.predict(inputs)
 
     @property
     def exploring(self) -> bool:
@@ -200,7 +204,8 @@ class PreferenceLearner:
 
     def tick(self) -> None:
         """Apply arrived labels, swap in a finished update, start the next one when a batch is in, and
-        send the next query batch when it is due. Never waits."""
+        send the next query batch when it is due. Never waits, but for the first update."""
+        started, waited = time.perf_counter(), 0.0
         self._apply_labels()
         enough = self._new_labels >= self.config.pairs_per_query or self.service.pending == 0
         if self._new_labels and enough and not self.trainer.busy:
@@ -208,17 +213,26 @@ class PreferenceLearner:
             if self.reward_model.version == 0:
                 # Before the first model the reward is noise an agent would only learn from: that one
                 # update is waited for (seconds at most, on a first batch of labels); later ones never are.
-                self._finish_update(self.trainer.wait())
+                waiting_since = time.perf_counter()
+                result = self.trainer.wait()
+                waited = time.perf_counter() - waiting_since
+                self.cost.add("waiting", waited)
+                self._finish_update(result)
         self._finish_update(self.trainer.poll())  # a synchronous update is swapped in at once
         if self.num_timesteps >= self._next_query_step and self.buffer is not None and len(self.buffer) >= 2:
             self._next_query_step = self.num_timesteps + self.config.query_every
             self._send_queries()
+        self.cost.add("learner", time.perf_counter() - started - waited)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait for pending labels (at most ``timeout`` s), train on them and swap the model in; True if
         no label was left pending."""
         if self.service is None:
             return True
+        with self.cost.timing("waiting"):
+            return self._flush(timeout)
+
+    def _flush(self, timeout: Optional[float]) -> bool:
         done = self.service.wait(timeout)
         self._apply_labels()
         self._finish_update(self.trainer.wait(timeout))
@@ -376,6 +390,9 @@ class PreferenceLearner:
             "reward_model/accuracy": s["accuracy"],
             "reward_model/gt_correlation": s["gt_correlation"],
             "reward_model/train_cpu_s": self.trainer.train_cpu_s,
+            # Training is timed on its own thread; relabelling is the algorithm's buffer's (VLMMetricsCallback).
+            **{f"cost/{part}_s": s for part, s in self.cost.seconds.items() if part not in ("training", "relabelling")},
+            "cost/training_s": self.trainer.train_s,
         }
 
     def save(self, path: Union[str, Path]) -> None:

@@ -12,6 +12,7 @@ transition, in the slot SB3 writes the transition to, so rewards and inputs cann
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
@@ -100,8 +101,9 @@ class RelabelingReplayBuffer(ReplayBuffer):
         self._version: Optional[int] = None
         self._adds = 0
         self._job: Optional[_RelabelJob] = None
-        #: Relabelling passes whose rewards were taken in.
+        #: Relabelling passes whose rewards were taken in, and the wall seconds of all passes.
         self.relabels = 0
+        self.relabel_s = 0.0
 
     def __getstate__(self) -> dict:
         # SB3's save_replay_buffer pickles the buffer: the stored inputs go with it, the reward model does
@@ -164,6 +166,13 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
     def _scores(self, model: RewardModel, size: int, stop: Optional[threading.Event] = None) -> Optional[np.ndarray]:
         """Rewards of slots [0, size), (size, n_envs); None if ``stop`` was set before they were all scored."""
+        started = time.perf_counter()
+        try:
+            return self._score_chunks(model, size, stop)
+        finally:
+            self.relabel_s += time.perf_counter() - started
+
+    def _score_chunks(self, model: RewardModel, size: int, stop: Optional[threading.Event]) -> Optional[np.ndarray]:
         inputs = self.reward_inputs[:size]
         flat = inputs.reshape(-1, *inputs.shape[2:])
         # In chunks of a few batches, so that a pass stops within a fraction of a second of close().

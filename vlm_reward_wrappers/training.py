@@ -54,8 +54,9 @@ class BackgroundTrainer:
         self._predicted: Optional[np.ndarray] = None
         self._error: Optional[BaseException] = None
         self._stop = threading.Event()
-        #: CPU seconds spent training, all updates together (the training thread's own time).
+        #: CPU seconds spent training, all updates together (the training thread's own time), and wall seconds.
         self.train_cpu_s = 0.0
+        self.train_s = 0.0
         #: Updates that raised, all together; and in a row, up to the last one.
         self.failures = 0
         self._failures_in_a_row = 0
@@ -130,6 +131,7 @@ class BackgroundTrainer:
 
     def _train(self, dataset: PreferenceDataset, normalization_inputs: Optional[np.ndarray]) -> None:
         started = time.thread_time()  # CPU seconds of this thread alone (the env loop runs beside it)
+        wall_started = time.perf_counter()
         try:
             self._result = self.trainer.train(dataset, stop=self._stop)
             if normalization_inputs is not None and len(normalization_inputs) >= 2 and not self._stop.is_set():
@@ -139,4 +141,5 @@ class BackgroundTrainer:
         except BaseException as error:  # handed to poll(), on the env loop's thread
             self._error = error
         self.train_cpu_s += time.thread_time() - started
+        self.train_s += time.perf_counter() - wall_started
         self._done.set()

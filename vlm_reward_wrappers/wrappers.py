@@ -8,6 +8,7 @@ CLIP embedder), and know nothing of any VLM.
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
@@ -27,6 +28,8 @@ from vlm_reward_wrappers.reward_model import RewardModel
 FRAME_KEY = "vlm_frame"
 #: Key of the query frame (for the labeler) that :class:`FrameInfoWrapper` puts in ``info`` when one is due.
 QUERY_FRAME_KEY = "vlm_query_frame"
+#: Key of the seconds :class:`FrameInfoWrapper` spent rendering and preparing the frame, (render, frame_prep).
+FRAME_COST_KEY = "vlm_frame_cost"
 
 
 def _check_render_mode(render_mode: Optional[str], what: str) -> None:
@@ -153,8 +156,11 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         obs, gt_reward, terminated, truncated, info = self.env.step(action)
-        rendered = self.env.render()
-        frames = resize_frame(rendered, self.reward_image_size)[None]
+        cost = self.learner.cost
+        with cost.timing("render"):
+            rendered = self.env.render()
+        with cost.timing("frame_prep"):
+            frames = resize_frame(rendered, self.reward_image_size)[None]
         observations = None
         if self.learner.wants_observations:
             observations = np.asarray(obs, dtype=np.float32)[None]
@@ -204,10 +210,13 @@ class FrameInfoWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        started = time.perf_counter()
         rendered = self.env.render()
+        rendered_at = time.perf_counter()
         info[FRAME_KEY] = resize_frame(rendered, self.reward_image_size)
         if self.query_image_size is not None and self._steps % self.query_frame_every == 0:
             info[QUERY_FRAME_KEY] = resize_longer_side(rendered, self.query_image_size)
+        info[FRAME_COST_KEY] = (rendered_at - started, time.perf_counter() - rendered_at)
         self._steps += 1
         return obs, reward, terminated, truncated, info
 
@@ -258,12 +267,18 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
 
     def step_wait(self):
         obs, gt_rewards, dones, infos = self.venv.step_wait()
+        cost = self.learner.cost
         if self._frames_in_info:
             frames = np.stack([info.pop(FRAME_KEY) for info in infos])
             query = [info.pop(QUERY_FRAME_KEY, None) for info in infos]
+            for render_s, frame_prep_s in (info.pop(FRAME_COST_KEY) for info in infos):
+                cost.add("render", render_s)
+                cost.add("frame_prep", frame_prep_s)
         else:
-            images = self.venv.get_images()
-            frames = np.stack([resize_frame(image, self.reward_image_size) for image in images])
+            with cost.timing("render"):
+                images = self.venv.get_images()
+            with cost.timing("frame_prep"):
+                frames = np.stack([resize_frame(image, self.reward_image_size) for image in images])
             query = [image if self.learner.query_frame_due(k) else None for image, k in zip(images, self._env_steps)]
         self._env_steps += 1
         observations = None

@@ -298,7 +298,8 @@ class TrueScoreCallback(BaseCallback):
 
 
 def current_commit() -> str:
-    """The commit the code runs on, with "+changes" where the work tree differs from it; "unknown" outside git."""
+    """The commit the code runs on, with "+changes" where the code in the work tree differs from it (results
+    written meanwhile do not count); "unknown" outside git."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -307,7 +308,8 @@ def current_commit() -> str:
 
     try:
         commit = git("rev-parse", "--short=10", "HEAD")
-        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results")
+        return commit + ("+changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

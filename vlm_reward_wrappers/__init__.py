@@ -26,6 +26,7 @@ from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore, PreferenceDataset
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import RelabelingReplayBuffer
+from vlm_reward_wrappers.rollout import BatchScoringRolloutBuffer
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel
 from vlm_reward_wrappers.training import BackgroundTrainer
 from vlm_reward_wrappers.sampling import DisagreementSampler, EntropySampler, PairSampler, UniformSampler
@@ -47,6 +48,7 @@ __all__ = [
     "PRESETS",
     "Answer",
     "BackgroundTrainer",
+    "BatchScoringRolloutBuffer",
     "CLIPLabeler",
     "CLIPRewardWrapper",
     "ChatPreferenceLabeler",

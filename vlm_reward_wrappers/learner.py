@@ -143,6 +143,7 @@ class PreferenceLearner:
         gt_rewards: np.ndarray,
         observations: Optional[np.ndarray] = None,
         query_frames: Optional[Sequence[Optional[np.ndarray]]] = None,
+        score: bool = True,
     ) -> np.ndarray:
         """Record one env step of each env and return its learned reward.
 
@@ -151,8 +152,10 @@ class PreferenceLearner:
         :param observations: (n_envs, D) state observations; needed where :attr:`wants_observations`.
         :param query_frames: per env, the rendered frame to keep for the labeler, or None; shrunk to
             :attr:`query_image_size` (never enlarged). Pass them where :meth:`query_frame_due` says so.
-        :return: (n_envs,) float32 rewards from the reward model, or while :attr:`exploring`, the
-            exploration reward.
+        :param score: score the step with the reward model (True), or leave it to the algorithm's buffer
+            and return zeros (False; see :mod:`~vlm_reward_wrappers.rollout`).
+        :return: (n_envs,) float32 rewards from the reward model (zeros when not ``score``), or while
+            :attr:`exploring`, the exploration reward.
         """
         inputs = self.reward_inputs(frames, observations)
         exploring = self.exploring
@@ -170,8 +173,12 @@ class PreferenceLearner:
             self.buffer.add(frames, gt_rewards, observations)
             self.num_timesteps += len(frames)
             self.tick()
+        if exploring:
+            return self.exploration(observations)
+        if not score:
+            return np.zeros(len(frames), dtype=np.float32)
         with self.cost.timing("scoring"):
-            return self.exploration(observations) if exploring else self.reward_model.predict(inputs)
+            return self.reward_model.predict(inputs)
 
     @property
     def exploring(self) -> bool:

@@ -24,6 +24,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 
 from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.reward_model import RewardModel
+from vlm_reward_wrappers.rollout import DEFERRED_KEY, deferred_rewards_of
 
 #: Info key of a step's reward-model input (its frame, or its observation), put there by the wrappers.
 REWARD_INPUT_KEY = "vlm_reward_input"
@@ -78,6 +79,10 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
     :param relabel_batch_size: inputs per reward-model forward pass while relabelling.
     :param relabel_in_background: relabel beside training; False relabels inside :meth:`sample`.
+    :param wrapper: the wrapped env the algorithm trains on (``replay_buffer_kwargs=dict(wrapper=env)``):
+        its reward model is used, and the rewards it leaves to the buffer (``score_in_buffer=True``) are
+        scored here, in one batch per :meth:`sample`, before they can be drawn. Without it the model is
+        found from the steps' ``info``, and every reward is the one the step was given.
     """
 
     def __init__(
@@ -91,9 +96,20 @@ class RelabelingReplayBuffer(ReplayBuffer):
         handle_timeout_termination: bool = True,
         relabel_batch_size: int = 64,
         relabel_in_background: bool = True,
+        wrapper: Any = None,
     ) -> None:
         super().__init__(buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,
                          handle_timeout_termination)
+        # Slots whose reward the wrapper left to this buffer and that are not scored yet; None until one is.
+        self._unscored: Optional[np.ndarray] = None
+        self._wrapper_model: Optional[RewardModel] = None
+        if wrapper is not None:
+            from vlm_reward_wrappers.callbacks import find_learner  # callbacks imports the learner: late
+
+            self._wrapper_model = find_learner(wrapper).reward_model
+            deferred = deferred_rewards_of(wrapper)
+            if deferred is not None:
+                deferred.claim("replay")
         self.relabel_batch_size = relabel_batch_size
         self.relabel_in_background = relabel_in_background
         self.reward_model: Optional[RewardModel] = None
@@ -109,12 +125,12 @@ class RelabelingReplayBuffer(ReplayBuffer):
         # SB3's save_replay_buffer pickles the buffer: the stored inputs go with it, the reward model does
         # not (a copy would go stale); the next add finds the live one again.
         state = dict(self.__dict__)
-        state["reward_model"], state["_version"], state["_job"] = None, None, None
+        state["reward_model"], state["_wrapper_model"], state["_version"], state["_job"] = None, None, None, None
         return state
 
     def add(self, obs, next_obs, action, reward, done, infos: List[Dict[str, Any]]) -> None:
         if self.reward_model is None:
-            self.reward_model = self._find_model(infos)
+            self.reward_model = self._wrapper_model or self._find_model(infos)
             if self._version is None and self.pos + self.full:  # loaded from a file: score it all anew
                 self._version = -1
             else:
@@ -123,6 +139,11 @@ class RelabelingReplayBuffer(ReplayBuffer):
         if self.reward_inputs is None or self.pos >= len(self.reward_inputs):
             self._grow(inputs)
         self.reward_inputs[self.pos] = inputs
+        deferred = np.array([info.get(DEFERRED_KEY, False) for info in infos])
+        if deferred.any() or self._unscored is not None:
+            if self._unscored is None:
+                self._unscored = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
+            self._unscored[self.pos] = deferred
         super().add(obs, next_obs, action, reward, done, infos)
         self._adds += 1
 
@@ -135,7 +156,15 @@ class RelabelingReplayBuffer(ReplayBuffer):
                     self._start_relabel()
                 else:
                     self.relabel()
+            if self._unscored is not None and self._unscored.any():
+                self._score_new()
         return super().sample(batch_size, env)
+
+    def _score_new(self) -> None:
+        """Score the transitions the wrapper left to this buffer, all at once, with the current model."""
+        slots, envs = np.nonzero(self._unscored)
+        self.rewards[slots, envs] = self.reward_model.predict(self.reward_inputs[slots, envs], self.relabel_batch_size)
+        self._unscored[slots, envs] = False
 
     def relabel(self) -> None:
         """Recompute every stored reward with the current reward model, now."""
@@ -144,6 +173,8 @@ class RelabelingReplayBuffer(ReplayBuffer):
         if size:
             self.rewards[:size] = self._scores(self.reward_model, size)
             self.relabels += 1
+            if self._unscored is not None:
+                self._unscored[:size] = False
 
     def finish_relabel(self) -> None:
         """Wait for a background pass and take its rewards in, then relabel now if the reward model has
@@ -214,6 +245,8 @@ class RelabelingReplayBuffer(ReplayBuffer):
             overwritten = (job.pos + np.arange(written)) % self.buffer_size
             keep[overwritten[overwritten < job.size]] = False
         self.rewards[: job.size][keep] = job.rewards[keep]
+        if self._unscored is not None:
+            self._unscored[: job.size][keep] = False
         self._version = job.version
         self.relabels += 1
 

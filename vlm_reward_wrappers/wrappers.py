@@ -23,6 +23,7 @@ from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
 from vlm_reward_wrappers.reward_model import RewardModel
+from vlm_reward_wrappers.rollout import DEFERRED_KEY, DeferredRewards
 
 #: Key of the frame that :class:`FrameInfoWrapper` puts in ``info``.
 FRAME_KEY = "vlm_frame"
@@ -78,7 +79,12 @@ class _StepInfo:
         self.model_key = register_reward_model(learner.reward_model)
         self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
 
-    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: np.ndarray, dones: np.ndarray) -> None:
+    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: np.ndarray, dones: np.ndarray,
+                 deferred: Optional[DeferredRewards] = None, exploring: bool = False) -> None:
+        if deferred is not None:  # the algorithm's buffer scores these steps, not the wrapper
+            deferred.add(inputs, np.full(len(infos), not exploring))
+            for info in infos:
+                info[DEFERRED_KEY] = not exploring
         self.returns += gt_rewards
         self.lengths += 1
         for i, info in enumerate(infos):
@@ -107,6 +113,9 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :param training: learn (True) or only score with the current reward model, sending no query (False),
         like SB3's VecNormalize; settable later as ``env.training``.
     :param seed: seed of the reward model, pair sampling and training.
+    :param score_in_buffer: leave each step's reward to the algorithm's buffer, which scores whole
+        rollouts or new transitions in batches: the step returns 0.0 (see :mod:`~vlm_reward_wrappers.rollout`
+        for the buffer to pass). Faster; SB3's Monitor then logs zeros (``vlm/gt_episode_return`` stays true).
     :param learner: a learner to use as it is (:meth:`load` passes one); the other arguments then only
         describe the env.
     :param learner_kwargs: :class:`PreferenceLearner` arguments: ``config`` (a preset name or a
@@ -123,6 +132,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         reward_model: Optional[RewardModel] = None,
         training: bool = True,
         seed: Optional[int] = None,
+        score_in_buffer: bool = False,
         learner: Optional[PreferenceLearner] = None,
         **learner_kwargs: Any,
     ) -> None:
@@ -130,7 +140,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # No deep copy: labelers hold models and connections; a recreated wrapper shares them.
         gym.utils.RecordConstructorArgs.__init__(
             self, goal=goal, labeler=labeler, reward_model=reward_model, training=training, seed=seed,
-            _disable_deepcopy=True, **learner_kwargs,
+            score_in_buffer=score_in_buffer, _disable_deepcopy=True, **learner_kwargs,
         )
         gym.Wrapper.__init__(self, env)
         self.learner = learner or _make_learner(
@@ -138,6 +148,8 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, 1)
         self._env_steps = 0
+        #: The inputs of the steps left to the algorithm's buffer (``score_in_buffer``), else None.
+        self.deferred_rewards = DeferredRewards() if score_in_buffer else None
 
     @property
     def training(self) -> bool:
@@ -167,8 +179,10 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gt = np.array([gt_reward], dtype=np.float64)
         query = [rendered] if self.learner.query_frame_due(self._env_steps) else None
         self._env_steps += 1
-        reward = self.learner.observe(frames, gt, observations, query)
-        self._info.annotate([info], gt, self.learner.reward_inputs(frames, observations), [terminated or truncated])
+        exploring = self.learner.exploring
+        reward = self.learner.observe(frames, gt, observations, query, score=self.deferred_rewards is None)
+        self._info.annotate([info], gt, self.learner.reward_inputs(frames, observations), [terminated or truncated],
+                            self.deferred_rewards, exploring)
         return obs, float(reward[0]), terminated, truncated, info
 
     def save(self, path: Union[str, Path]) -> None:
@@ -238,6 +252,7 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         reward_model: Optional[RewardModel] = None,
         training: bool = True,
         seed: Optional[int] = None,
+        score_in_buffer: bool = False,
         **learner_kwargs: Any,
     ) -> None:
         _check_render_mode(venv.render_mode, "VLMRewardVecEnvWrapper")
@@ -246,6 +261,7 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
             goal, labeler, venv.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, self.num_envs)
+        self.deferred_rewards = DeferredRewards() if score_in_buffer else None
         self._frames_in_info = all(venv.env_is_wrapped(FrameInfoWrapper))
         self._env_steps = np.zeros(self.num_envs, dtype=np.int64)
         if self._frames_in_info and self.learner.query_frames is not None:
@@ -287,8 +303,10 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
                 info["terminal_observation"] if done and "terminal_observation" in info else o
                 for o, done, info in zip(obs, dones, infos)
             ]).astype(np.float32)
-        rewards = self.learner.observe(frames, gt_rewards, observations, query)
-        self._info.annotate(infos, gt_rewards, self.learner.reward_inputs(frames, observations), dones)
+        exploring = self.learner.exploring
+        rewards = self.learner.observe(frames, gt_rewards, observations, query, score=self.deferred_rewards is None)
+        self._info.annotate(infos, gt_rewards, self.learner.reward_inputs(frames, observations), dones,
+                            self.deferred_rewards, exploring)
         return obs, rewards, dones, infos
 
     def save(self, path: Union[str, Path]) -> None:

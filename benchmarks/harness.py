@@ -314,6 +314,10 @@ def current_commit() -> str:
         return "unknown"
 
 
+#: The commit this process's code was loaded from: a grid runs for hours, and the work tree may move on.
+STARTED_ON_COMMIT = current_commit()
+
+
 def run_one(
     task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None
 ) -> dict:
@@ -353,7 +357,7 @@ def run_one(
         "wall_s": wall_s, "env_steps_per_s": config.steps[size] / wall_s,
         # Success where the env reports it, beside a metric of return (MetaWorld within this machine's budgets).
         "success_curve": scorer.curves.get("success"), "final_success": scorer.curves.get("success", [[0, None]])[-1][1],
-        "queries": 0, "labels_used": 0, "label_accuracy": None, "commit": current_commit(),
+        "queries": 0, "labels_used": 0, "label_accuracy": None, "commit": STARTED_ON_COMMIT,
     }
     if learned:
         env.learner.flush(timeout=60)

@@ -302,6 +302,7 @@ def test_a_failing_update_is_logged_once_counted_and_raised_after_three_in_a_row
 def test_closing_a_wrapper_twice_is_harmless_and_leaves_nothing_running(cartpole):
     from vlm_reward_wrappers import VLMRewardWrapper
 
+    before = set(threading.enumerate())  # an earlier test's abandoned call may still be sleeping
     env = VLMRewardWrapper(cartpole, GOAL, OracleLabeler(), seed_steps=20, query_every=20, pairs_per_query=10,
                            query_image_size=200, seed=0)
     env.reset(seed=0)
@@ -309,5 +310,5 @@ def test_closing_a_wrapper_twice_is_harmless_and_leaves_nothing_running(cartpole
         env.step(env.action_space.sample())
     env.close()
     env.close()
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("vlm-")]
+    assert not [t.name for t in set(threading.enumerate()) - before if t.name.startswith("vlm-")]
     assert env.learner.metrics["reward_model/updates"] >= 1

@@ -398,13 +398,15 @@ def _call_with_deadline(call, timeout_s: float, abandon: threading.Event) -> Any
         finally:
             done.set()
 
-    threading.Thread(target=target, name="vlm-labeler-call", daemon=True).start()
+    thread = threading.Thread(target=target, name="vlm-labeler-call", daemon=True)
+    thread.start()
     deadline = time.monotonic() + timeout_s
     while not done.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
         if abandon.is_set():
             raise CallAbandoned("the labelling service closed")
         if time.monotonic() >= deadline:
             raise LabelerTimeoutError(f"no answer within {timeout_s:.1f} s")
+    thread.join(1.0)  # it has answered and is ending: gone before its answer is used, so close() leaves none
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

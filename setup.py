@@ -43,6 +43,7 @@ setup(
         "torch>=2.1",
         "numpy",
         "pillow",
+        "psutil",  # a replay buffer of frames that would not fit in memory is refused up front
         "pygame",
         "tqdm",
     ],

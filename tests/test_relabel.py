@@ -134,3 +134,23 @@ def test_a_saved_and_loaded_buffer_relabels_with_the_live_model(cartpole, tmp_pa
     expected = env.learner.reward_model.predict(buffer.reward_inputs[: buffer.pos, 0])
     np.testing.assert_allclose(buffer.rewards[: buffer.pos, 0], expected, atol=1e-5)
     env.close()
+
+
+def test_a_buffer_too_large_for_memory_is_refused_at_its_first_step_with_what_it_needs(cartpole, monkeypatch):
+    from collections import namedtuple
+
+    import psutil
+    from stable_baselines3 import SAC
+
+    from vlm_reward_wrappers import OracleLabeler, RelabelingReplayBuffer, VLMRewardWrapper
+
+    # 1,000,000 transitions of 64 px frames are 11.4 GB; say 4 GB are free.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: namedtuple("Memory", "available")(4 * 2**30))
+    env = VLMRewardWrapper(cartpole, "the pole is upright", OracleLabeler(), seed_steps=50, query_every=50)
+    model = SAC("MlpPolicy", env, buffer_size=1_000_000, replay_buffer_class=RelabelingReplayBuffer, seed=0)
+    with pytest.raises(MemoryError, match=r"1,000,000 transitions of 1 envs need 11.4 GB and 4.0 GB are available"):
+        model.learn(10)
+    env.close()
+    env = VLMRewardWrapper(cartpole, "the pole is upright", OracleLabeler(), seed_steps=50, query_every=50)
+    SAC("MlpPolicy", env, buffer_size=100_000, replay_buffer_class=RelabelingReplayBuffer, seed=0).learn(10)  # 1.1 GB fits
+    env.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
+import psutil
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -43,6 +44,21 @@ def register_reward_model(model: RewardModel) -> int:
 def reward_model_for(key: int) -> Optional[RewardModel]:
     """The reward model registered under ``key``, if it is still alive in this process."""
     return _MODELS.get(key)
+
+
+def check_memory(buffer_size: int, inputs: np.ndarray) -> None:
+    """Refuse, before a run fills it hours later, a buffer whose reward-model inputs would not fit in the
+    memory available now; ``inputs`` is one step's (n_envs, ...) array."""
+    needed = buffer_size * inputs.nbytes
+    available = psutil.virtual_memory().available
+    if needed > available:
+        fits = int(available // inputs.nbytes)
+        raise MemoryError(
+            f"RelabelingReplayBuffer keeps each transition's reward-model input ({inputs[0].nbytes / 1024:.0f} KB, "
+            f"shape {inputs.shape[1:]}): {buffer_size:,} transitions of {len(inputs)} envs need {needed / 2**30:.1f} GB "
+            f"and {available / 2**30:.1f} GB are available. Pass the algorithm buffer_size={fits // 2:,} or less, a "
+            "smaller reward_image_size, or reward_input='observation'"
+        )
 
 
 @dataclass
@@ -136,6 +152,8 @@ class RelabelingReplayBuffer(ReplayBuffer):
             else:
                 self._version = self.reward_model.version
         inputs = np.stack([info[REWARD_INPUT_KEY] for info in infos])
+        if self.reward_inputs is None:
+            check_memory(self.buffer_size, inputs)
         if self.reward_inputs is None or self.pos >= len(self.reward_inputs):
             self._grow(inputs)
         self.reward_inputs[self.pos] = inputs

@@ -23,8 +23,8 @@ EXTRAS = {
 # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
 EXTRAS["bench"] = ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0", *EXTRAS["plot"]]
 EXTRAS["dev"] = sorted(
-    {"pytest>=8", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"], *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"],
-     *EXTRAS["plot"]}
+    {"pytest>=8", "ruff>=0.6", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"],
+     *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"], *EXTRAS["plot"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
@@ -36,6 +36,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
+    license="MIT",
     packages=find_packages(include=["vlm_reward_wrappers", "vlm_reward_wrappers.*"]),
     install_requires=[
         "gymnasium>=1.1",

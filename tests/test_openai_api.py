@@ -192,7 +192,7 @@ def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
     server = ScriptedServer(lambda: next(replies))
     try:
         labeler = OpenAICompatibleLabeler(server.url.removesuffix("/v1") + "/", "my-model", two_stage=False,
-                                          query_image_size=96, extra_body={"top_k": 1}, **FAST)
+                                          query_image_size=32, extra_body={"top_k": 1}, **FAST)
         service = _service(labeler)
         service.submit([PreferenceJob(query) for query in _queries(1)])
         [(_, answer)] = service.poll()
@@ -212,7 +212,7 @@ def test_requests_carry_the_key_images_in_order_and_retry_5xx(api_key):
         assert parts[at - 1]["text"] == f"Image {k}:\n"
         url = parts[at]["image_url"]["url"]
         assert url.startswith("data:image/png;base64,")
-        assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (96, 96)
+        assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (32, 32)  # 48 px, shrunk
 
 
 def test_the_cli_builds_it_from_its_options():

@@ -7,9 +7,8 @@ import base64
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-from vlm_reward_wrappers.frames import png_bytes
+from vlm_reward_wrappers.frames import png_bytes, resize_longer_side
 
 #: How a chat request places images and their captions: "interleaved" (text and images in order, as
 #: most templates and every OpenAI-compatible server keep them) or "captioned" (one message per image,
@@ -21,15 +20,11 @@ def frame_to_data_uri(frame: np.ndarray, query_image_size: Optional[int] = None)
     """A ``data:image/png;base64,...`` URI of a frame, lossless, the image format every backend accepts.
 
     :param frame: (H, W, 3) uint8 rgb frame.
-    :param query_image_size: if given, the frame is resized (aspect kept) so its longer side is this many
-        pixels: smaller caps the image tokens of tiling encoders.
+    :param query_image_size: if given, a frame whose longer side is larger is shrunk (aspect kept) to
+        it, which caps the image tokens of tiling encoders; a smaller frame is sent as it is: enlarging
+        adds no detail a VLM could judge.
     """
-    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
-    if query_image_size is not None and max(image.size) != query_image_size:
-        scale = query_image_size / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(resize_longer_side(frame, query_image_size))).decode("ascii")
 
 
 class ChatBackend(abc.ABC):

@@ -204,3 +204,31 @@ def test_settings_come_from_one_typed_config_with_the_papers_presets():
                          labeler=OracleLabeler(), config="mujoco")
     with pytest.raises(ValueError, match="sampler must be one of"):
         LearnerConfig(sampler="random")
+
+
+def test_a_vecenv_run_saved_goes_on_when_loaded_and_an_env_it_does_not_fit_is_named(tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from vlm_reward_wrappers import VLMRewardVecEnvWrapper
+
+    def vec(env_id):
+        return make_vec_env(env_id, n_envs=2, env_kwargs=dict(render_mode="rgb_array"), seed=0)
+
+    settings = dict(seed_steps=20, query_every=30, pairs_per_query=6, asynchronous=False, reward_input="observation")
+    with pytest.warns(UserWarning, match="FrameInfoWrapper"):
+        env = VLMRewardVecEnvWrapper(vec("vlmrw/CartPoleAngle-v0"), GOAL, OracleLabeler(), seed=0,
+                                     label_store=LabelStore(tmp_path / "labels.sqlite"), **settings)
+    env.reset()
+    for _ in range(30):  # 60 env steps: queries at 20 and 50
+        env.step(np.array([env.action_space.sample() for _ in range(2)]))
+    env.save(tmp_path / "learner.pt")
+    issued, version = env.learner.queries_issued, env.learner.reward_model.version
+    env.close()
+    with pytest.warns(UserWarning, match="FrameInfoWrapper"):
+        resumed = VLMRewardVecEnvWrapper.load(tmp_path / "learner.pt", vec("vlmrw/CartPoleAngle-v0"), OracleLabeler(),
+                                              asynchronous=False)
+    assert resumed.learner.num_timesteps == 60 and resumed.learner.queries_issued == issued == 12
+    assert resumed.learner.reward_model.version == version >= 1
+    resumed.close()
+    with pytest.raises(ValueError, match=r"reads observations of shape \(4,\), but this env's are \(3,\)"):
+        VLMRewardVecEnvWrapper.load(tmp_path / "learner.pt", vec("Pendulum-v1"), OracleLabeler())

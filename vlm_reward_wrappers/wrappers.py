@@ -68,6 +68,17 @@ def _make_learner(
     return PreferenceLearner(goal, labeler, config, reward_model=reward_model, seed=seed, **learner_kwargs)
 
 
+def _check_fits(learner: PreferenceLearner, observation_space: gym.Space) -> PreferenceLearner:
+    """``learner``, or a ValueError saying how its reward model and the env differ."""
+    model = learner.reward_model
+    if model.reward_input == "observation" and (_observation_dim(observation_space),) != tuple(model.input_shape):
+        raise ValueError(
+            f"the saved reward model reads observations of shape {tuple(model.input_shape)}, but this env's are "
+            f"{observation_space.shape}: load it onto the env it was trained on"
+        )
+    return learner
+
+
 class _StepInfo:
     """What the wrappers add to each step's ``info``: the true reward, the reward-model input and the
     reward model's key (for :class:`~vlm_reward_wrappers.replay.RelabelingReplayBuffer`), the true
@@ -143,7 +154,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             score_in_buffer=score_in_buffer, _disable_deepcopy=True, **learner_kwargs,
         )
         gym.Wrapper.__init__(self, env)
-        self.learner = learner or _make_learner(
+        self.learner = _check_fits(learner, env.observation_space) if learner is not None else _make_learner(
             goal, labeler, env.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, 1)
@@ -253,11 +264,12 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
         training: bool = True,
         seed: Optional[int] = None,
         score_in_buffer: bool = False,
+        learner: Optional[PreferenceLearner] = None,
         **learner_kwargs: Any,
     ) -> None:
         _check_render_mode(venv.render_mode, "VLMRewardVecEnvWrapper")
         super().__init__(venv)
-        self.learner = _make_learner(
+        self.learner = _check_fits(learner, venv.observation_space) if learner is not None else _make_learner(
             goal, labeler, venv.observation_space, reward_model, seed, {**learner_kwargs, "training": training})
         self.reward_image_size = self.learner.config.reward_image_size
         self._info = _StepInfo(self.learner, self.num_envs)
@@ -312,6 +324,17 @@ class VLMRewardVecEnvWrapper(VecEnvWrapper):
     def save(self, path: Union[str, Path]) -> None:
         """Save the learner (:meth:`PreferenceLearner.save`) so a stopped run can go on."""
         self.learner.save(path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], venv: VecEnv, labeler: Optional[Labeler], **kwargs: Any
+             ) -> "VLMRewardVecEnvWrapper":
+        """Wrap ``venv`` with the learner saved at ``path``, going on where it stopped (as
+        :meth:`VLMRewardWrapper.load`; SB3's ``VecNormalize.load`` re-attaches the same way).
+
+        :param kwargs: :meth:`PreferenceLearner.load` arguments (``label_store``, ``asynchronous``, ...).
+        """
+        learner = PreferenceLearner.load(path, labeler, **kwargs)
+        return cls(venv, learner.goal, labeler, learner=learner)
 
     def close(self) -> None:
         self.learner.close()

@@ -17,7 +17,8 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from vlm_reward_wrappers import FrameInfoWrapper, VLMRewardVecEnvWrapper
 from vlm_reward_wrappers.labelers.base import LabelerUnavailableError, Query
-from vlm_reward_wrappers.labelers.human import HumanLabeler, PairQueue
+from vlm_reward_wrappers.labelers.human import HumanLabeler
+from vlm_reward_wrappers.labelers.pair_queue import PairQueue
 from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
 from vlm_reward_wrappers.labels import LabelStore
 from vlm_reward_wrappers.offline import PreferenceRelabeler
@@ -197,10 +198,13 @@ def test_text_from_the_goal_and_labelers_is_escaped_in_every_page(tmp_path):
 
 
 def test_a_pair_held_past_its_lease_goes_to_the_next_person():
-    queue = PairQueue(lease_s=0.2)
+    now = [0.0]
+    queue = PairQueue(lease_s=0.2, clock=lambda: now[0])
     pair = queue.put(GOAL, np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8))
     assert queue.next("ann") is pair and queue.next("bob") is None
-    time.sleep(0.3)
+    now[0] = 0.19
+    assert queue.next("bob") is None and queue.held(pair.pair_id)  # still Ann's
+    now[0] = 0.21
     assert queue.next("bob") is pair and queue.held(pair.pair_id)
     assert not queue.renew(pair.pair_id, "ann")  # ann's page can no longer keep it
     # Ann's late click still counts (a click is never thrown away); Bob's then finds the pair gone.

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any, Optional
 
-from vlm_reward_wrappers.labelers.human import CHOICES, PairQueue
+from vlm_reward_wrappers.labelers.pair_queue import CHOICES, PairQueue
 from vlm_reward_wrappers.web.pages import page
 from vlm_reward_wrappers.web.server import BackgroundServer, add_guards, require_web
 

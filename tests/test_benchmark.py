@@ -285,9 +285,9 @@ def test_each_run_records_its_commit_and_cost_and_the_summary_its_wall_time_over
         tiny_task, tmp_path):
     results = harness.run_benchmark("smoke", [tiny_task], ["true", "true-rendered", "oracle"], [0], tmp_path)
     truth, rendered, oracle = results
-    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True,
-                          cwd=SCRIPT.parent).stdout.strip()
-    assert all(r["commit"].startswith(head) for r in results)
+    commit = results[0]["commit"].removesuffix("+changes")
+    assert {r["commit"] for r in results} == {harness.STARTED_ON_COMMIT} and len(commit) == 10
+    assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=SCRIPT.parent).returncode == 0
     assert rendered["queries"] == 0 and "cost" not in rendered and rendered["final_norm"] is not None
     assert {"render", "frame_prep", "scoring", "learner", "waiting", "training"} <= set(oracle["cost"])
     assert oracle["cost"]["render"] > 0 and oracle["cost"]["training"] > 0

@@ -25,6 +25,7 @@ def _dom(page):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_the_audit_measures_the_realistic_teacher_and_its_errors_sit_on_close_pairs(tmp_path):
     env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
     result = audit(env, GOAL, SimulatedVLMLabeler(target_accuracy=0.75, position_bias=0.9, abstain_rate=0.2, seed=0),

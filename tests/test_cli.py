@@ -1,9 +1,12 @@
 import json
 
+import pytest
+
 from vlm_reward_wrappers import RewardModel
 from vlm_reward_wrappers.cli import main
 
 
+@pytest.mark.slow
 def test_train_prints_true_return_labels_and_accuracy(capsys, tmp_path):
     main(["train", "--algo", "PPO", "--steps", "512", "--seed-steps", "100", "--query-every", "200",
           "--pairs-per-query", "10", "--epochs-per-update", "2", "--eval-episodes", "2",
@@ -30,6 +33,7 @@ def test_train_takes_the_exploration_and_augmentation_settings(capsys):
     assert figures["queries_sent"] == 5 and figures["reward_model_updates"] == 1
 
 
+@pytest.mark.slow
 def test_train_builds_the_reward_net_asked_for(tmp_path, capsys):
     path = tmp_path / "reward.pt"
     main(["train", "--algo", "A2C", "--steps", "100", "--seed-steps", "50", "--query-every", "100",

@@ -90,6 +90,7 @@ def test_two_people_get_different_pairs_and_a_closed_page_gives_its_pair_back():
     assert all("answered by" in r.raw for r in store.records())
 
 
+@pytest.mark.slow
 def test_a_person_labels_in_the_browser_while_ppo_trains_on_subprocesses(tmp_path):
     labeler = HumanLabeler(port=0)
     store = LabelStore(tmp_path / "labels.sqlite")

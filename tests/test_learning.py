@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -16,6 +17,8 @@ from vlm_reward_wrappers import (
     VLMRewardWrapper,
 )
 from vlm_reward_wrappers.evaluation import random_score
+
+pytestmark = pytest.mark.slow
 
 
 def test_learned_frame_reward_ranks_cartpole_frames_by_pole_angle():

@@ -114,6 +114,7 @@ def assert_clean_exit(result: subprocess.CompletedProcess) -> None:
     assert "terminate called" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo, steps", [("PPO", 1500), ("SAC", 800)])
 @pytest.mark.parametrize("ending", ["close", "no-close", "update-running"])
 def test_the_readme_example_exits_0_however_the_script_ends(tmp_path, algo, steps, ending):
@@ -126,11 +127,13 @@ def test_the_readme_example_exits_0_however_the_script_ends(tmp_path, algo, step
         assert not [name for name in threads if name.startswith("vlm-")], threads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["close", "no-close"])
 def test_the_vectorised_example_over_subprocvecenv_exits_0(tmp_path, ending):
     assert_clean_exit(run_script(tmp_path, VEC_EXAMPLE, ending))
 
 
+@pytest.mark.slow
 def test_vlm_reward_train_exits_0(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vlm_reward_wrappers.cli", "train", "--algo", "PPO", "--steps", "1500",
@@ -162,6 +165,7 @@ def _stop(process: subprocess.Popen, signum: int):
     return time.monotonic() - sent, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_a_script_in_seconds_with_its_answers_in_the_store(tmp_path, signum):
     store = tmp_path / "labels.sqlite"
@@ -177,6 +181,7 @@ def test_a_signal_stops_a_script_in_seconds_with_its_answers_in_the_store(tmp_pa
     assert len(LabelStore(store).records(GOAL, OracleLabeler().labeler_id, OracleLabeler().prompt_version)) >= before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_cli_stops_on_a_signal_with_one_line_and_its_labels_kept(tmp_path, signum):
     store = tmp_path / "labels.sqlite"

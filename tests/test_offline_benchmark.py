@@ -14,6 +14,7 @@ pytest.importorskip("d3rlpy")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "offline_iql.py"
 
 
+@pytest.mark.slow
 def test_the_offline_iql_benchmark_runs_and_writes_its_table(tmp_path):
     sources = ["sparse", "score-noisy+sparse", "preference-oracle"]
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "MINARI_DATASETS_PATH": str(tmp_path / "untouched")}

@@ -42,6 +42,7 @@ class StepRecorder(gym.Wrapper):
     ("observation", 2, False),
     ("frame", 1, True),
 ])
+@pytest.mark.slow
 def test_each_stored_reward_is_the_current_models_reward_of_its_own_transition(cartpole, reward_input, learn_calls,
                                                                               background):
     below = StepRecorder(cartpole)  # sees the frame and next observation of each step

@@ -19,12 +19,14 @@ EXTRAS = {
     "web": ["fastapi>=0.110", "uvicorn>=0.29"],
     # Learning curves of the benchmarks (benchmarks/run.py, benchmarks/imitation_compare.py).
     "plot": ["matplotlib"],
+    # sb3-contrib's algorithms (TQC, CrossQ, RecurrentPPO, ...): the release that matches SB3's.
+    "contrib": ["sb3-contrib>=2.4"],
 }
 # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
 EXTRAS["bench"] = ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0", *EXTRAS["plot"]]
 EXTRAS["dev"] = sorted(
     {"pytest>=8", "ruff>=0.6", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"],
-     *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"], *EXTRAS["plot"]}
+     *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"], *EXTRAS["plot"], *EXTRAS["contrib"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -367,7 +367,7 @@ def run_one(
         result.update(queries=metrics["queries_issued"], labels_used=metrics["labels_used"],
                       label_accuracy=None if np.isnan(accuracy) else accuracy,
                       gt_correlation=None if np.isnan(correlation) else correlation,
-                      # Seconds per part of the learned reward's work (vlm_reward_wrappers.cost.PARTS).
+                      # Seconds per part of the learned reward's work: the vlm/cost/ metrics.
                       cost={name[len("cost/"):-len("_s")]: seconds for name, seconds in metrics.items()
                             if name.startswith("cost/")})
         relabel_s = getattr(getattr(model, "replay_buffer", None), "relabel_s", None)

@@ -29,11 +29,15 @@ def find_learner(source: Any) -> PreferenceLearner:
     """The learner of a wrapper (or of a VecEnv stack around one), or the learner itself."""
     if isinstance(source, PreferenceLearner):
         return source
+    return find_reward_wrapper(source).learner
+
+
+def find_reward_wrapper(source: Any) -> Any:
+    """The VLMRewardWrapper or VLMRewardVecEnvWrapper in a stack of SB3 and Gymnasium wrappers."""
     env = source
     while env is not None:
-        learner = getattr(env, "learner", None)
-        if isinstance(learner, PreferenceLearner):
-            return learner
+        if isinstance(getattr(env, "learner", None), PreferenceLearner):
+            return env
         env = getattr(env, "venv", None) or getattr(env, "env", None)
     raise TypeError(
         f"no PreferenceLearner found in {type(source).__name__}: pass the VLMRewardWrapper, the "

@@ -6,14 +6,14 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator
 
-#: The parts, logged as ``vlm/cost/<part>_s``. On the env loop: ``render`` (``env.render()``, summed over
+#: The env loop's parts, logged as ``vlm/cost/<part>_s``: ``render`` (``env.render()``, summed over
 #: the envs; inside the workers under SubprocVecEnv), ``frame_prep`` (reward-model inputs and query frames
 #: from rendered frames), ``scoring`` (the reward model's inference), ``learner`` (applying labels,
 #: choosing pairs, swapping weights in) and ``waiting`` (the env loop waiting on an update: the first one,
-#: and :meth:`~vlm_reward_wrappers.learner.PreferenceLearner.flush`). Beside it, on their own threads:
-#: ``training`` (reward-model updates) and ``relabelling`` (replay-buffer passes, logged by the callback
-#: from the algorithm's buffer).
-PARTS = ("render", "frame_prep", "scoring", "learner", "waiting", "training", "relabelling")
+#: and :meth:`~vlm_reward_wrappers.learner.PreferenceLearner.flush`). Beside it, on their own threads, the
+#: trainer and the replay buffer time themselves: ``vlm/cost/training_s`` (reward-model updates) and
+#: ``vlm/cost/relabelling_s`` (replay-buffer passes, logged by the callback from the algorithm's buffer).
+PARTS = ("render", "frame_prep", "scoring", "learner", "waiting")
 
 
 class CostMeter:

@@ -397,8 +397,7 @@ class PreferenceLearner:
             "reward_model/accuracy": s["accuracy"],
             "reward_model/gt_correlation": s["gt_correlation"],
             "reward_model/train_cpu_s": self.trainer.train_cpu_s,
-            # Training is timed on its own thread; relabelling is the algorithm's buffer's (VLMMetricsCallback).
-            **{f"cost/{part}_s": s for part, s in self.cost.seconds.items() if part not in ("training", "relabelling")},
+            **{f"cost/{part}_s": seconds for part, seconds in self.cost.seconds.items()},
             "cost/training_s": self.trainer.train_s,
         }
 

@@ -25,7 +25,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 
 from vlm_reward_wrappers import lifecycle
 from vlm_reward_wrappers.reward_model import RewardModel
-from vlm_reward_wrappers.rollout import DEFERRED_KEY, deferred_rewards_of
+from vlm_reward_wrappers.rollout import DEFERRED_KEY
 
 #: Info key of a step's reward-model input (its frame, or its observation), put there by the wrappers.
 REWARD_INPUT_KEY = "vlm_reward_input"
@@ -120,12 +120,12 @@ class RelabelingReplayBuffer(ReplayBuffer):
         self._unscored: Optional[np.ndarray] = None
         self._wrapper_model: Optional[RewardModel] = None
         if wrapper is not None:
-            from vlm_reward_wrappers.callbacks import find_learner  # callbacks imports the learner: late
+            from vlm_reward_wrappers.callbacks import find_reward_wrapper  # callbacks imports the learner: late
 
-            self._wrapper_model = find_learner(wrapper).reward_model
-            deferred = deferred_rewards_of(wrapper)
-            if deferred is not None:
-                deferred.claim("replay")
+            wrapper = find_reward_wrapper(wrapper)
+            self._wrapper_model = wrapper.learner.reward_model
+            if wrapper.deferred_rewards is not None:
+                wrapper.deferred_rewards.claim("replay")
         self.relabel_batch_size = relabel_batch_size
         self.relabel_in_background = relabel_in_background
         self.reward_model: Optional[RewardModel] = None

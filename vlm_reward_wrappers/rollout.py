@@ -70,18 +70,6 @@ class DeferredRewards:
         return len(self._inputs)
 
 
-def deferred_rewards_of(wrapper: Any) -> Optional[DeferredRewards]:
-    """The :class:`DeferredRewards` of a wrapper (or of a VecEnv stack around one); None where the wrapper
-    scores each step itself."""
-    env = wrapper
-    while env is not None:
-        if hasattr(env, "deferred_rewards"):
-            return env.deferred_rewards
-        env = getattr(env, "venv", None) or getattr(env, "env", None)
-    raise TypeError(f"no VLMRewardWrapper or VLMRewardVecEnvWrapper found in {type(wrapper).__name__}: pass "
-                    "the env the algorithm trains on as wrapper=env")
-
-
 class BatchScoringRolloutBuffer(RolloutBuffer):
     """SB3's :class:`RolloutBuffer` that scores a whole rollout's rewards with the reward model, in batches,
     before returns and advantages are computed (``score_in_buffer=True`` on the wrapper).
@@ -111,14 +99,15 @@ class BatchScoringRolloutBuffer(RolloutBuffer):
         if wrapper is None:
             raise ValueError("BatchScoringRolloutBuffer scores the wrapper's stored frames: pass "
                              "rollout_buffer_kwargs=dict(wrapper=env)")
-        from vlm_reward_wrappers.callbacks import find_learner
+        from vlm_reward_wrappers.callbacks import find_reward_wrapper  # callbacks imports the learner: late
 
-        self.deferred = deferred_rewards_of(wrapper)
+        wrapper = find_reward_wrapper(wrapper)
+        self.deferred = wrapper.deferred_rewards
         if self.deferred is None:
             raise ValueError("the wrapper scores every step itself: make it with score_in_buffer=True to have "
                              "BatchScoringRolloutBuffer score whole rollouts")
         self.deferred.claim("rollout")
-        self.reward_model = find_learner(wrapper).reward_model
+        self.reward_model = wrapper.learner.reward_model
         self.scoring_batch_size = scoring_batch_size
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 

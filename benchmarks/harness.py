@@ -54,7 +54,7 @@ class TaskConfig:
     env_kwargs: dict = field(default_factory=dict)
 
 
-def _metaworld(task: str) -> TaskConfig:
+def _metaworld(task: str, metric: str = "return") -> TaskConfig:
     return TaskConfig(
         f"vlmrw/MetaWorld-{task}-v0", "SAC",
         # RL-VLM-F ran 1,000,000 steps; here true-reward SAC on drawer-open went from random's return of 628
@@ -67,7 +67,7 @@ def _metaworld(task: str) -> TaskConfig:
         },
         # Judged on MetaWorld's dense true return, success recorded beside it: true-reward SAC reached no
         # success within 60,000 steps (23 minutes here), so success could not tell sources apart.
-        eval_every={"smoke": 500, "full": 10_000}, eval_episodes=3, metric="return",
+        eval_every={"smoke": 500, "full": 10_000}, eval_episodes=3, metric=metric,
         algo_kwargs=dict(learning_starts=500),
     )
 
@@ -131,6 +131,8 @@ TASKS: Dict[str, TaskConfig] = {
     "drawer-open": _metaworld("drawer-open"),
     "sweep-into": _metaworld("sweep-into"),
     "soccer": _metaworld("soccer"),
+    # Issue 25's candidate for a manipulation task judged by success within a run here.
+    "drawer-close": _metaworld("drawer-close", metric="success"),
     # RL-VLM-F's cloth fold is a one-step task: one place of the held corner per episode.
     "cloth-fold": TaskConfig(
         "vlmrw/ClothFold-v0", "SAC",
@@ -207,6 +209,8 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # The reward model reads the env's state (rope and cloth key points, MetaWorld's observation) while the
     # labeler still judges rendered frames: what a reward model can represent, apart from what it is shown.
     "state": _learner_change(lambda settings: {**settings, "reward_input": "observation"}),
+    # RL-VLM-F's reward model on frames, where a preset reads state (rope): what frames alone reach.
+    "frames": _learner_change(lambda settings: {**settings, "reward_input": "frame"}),
     # BPref's disagreement sampling instead of RL-VLM-F's uniform pairs: labels go where the ensemble is
     # unsure, such as among nearly solved frames, which the cloth-fold CNN orders at 57% (reward_image_size.py).
     "disagreement": _learner_change(lambda settings: {**settings, "sampler": "disagreement"}),

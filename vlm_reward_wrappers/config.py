@@ -143,8 +143,10 @@ PRESETS: Dict[str, LearnerConfig] = {
                               epochs_per_update=50),
     "cloth": LearnerConfig(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500,
                            epochs_per_update=25),
+    # The rope's reward model reads its key points, not frames (RL-VLM-F's CNN): over 3 seeds the simulated
+    # VLM teacher reached 0.89-0.95 of the true reward that way against 0.16-0.31 on frames (the README).
     "rope": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000,
-                          epochs_per_update=30),
+                          epochs_per_update=30, reward_input="observation"),
     "quick": LearnerConfig(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=1000,
                            epochs_per_update=20),
 }

@@ -23,6 +23,8 @@ RLVLMF_CAMERAS: Dict[str, Tuple[str, bool]] = {
     "sweep-into": ('pos="0 1.1 .75" euler="-.5 0 0" fovy="45"', True),
     "drawer-open": ('pos="-.6 .2 .35" xyaxes="-1 1 0 -.2 -.2 -1" fovy="45"', True),
     "soccer": ('pos=".2 .6 .5" euler="3.5 2.7 1" fovy="45"', False),
+    # Not RL-VLM-F's: drawer-close is drawer-open's scene, so it gets drawer-open's camera.
+    "drawer-close": ('pos="-.6 .2 .35" xyaxes="-1 1 0 -.2 -.2 -1" fovy="45"', True),
 }
 _CROP_FRACTION = 300 / 480
 #: RL-VLM-F recoloured the sweep-into block green ("the green cube" of its goal).

@@ -28,6 +28,8 @@ TASK_GOALS: Dict[str, str] = {
     "sweep-into-v3": _SWEEP_INTO,
     "vlmrw/MetaWorld-drawer-open-v0": _DRAWER_OPEN,
     "drawer-open-v3": _DRAWER_OPEN,
+    "vlmrw/MetaWorld-drawer-close-v0": "to close the drawer",
+    "drawer-close-v3": "to close the drawer",
     "vlmrw/MetaWorld-soccer-v0": _SOCCER,
     "soccer-v3": _SOCCER,
     # SoftGym, where it is installed (RL-VLM-F's SoftGym fork's env names).

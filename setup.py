@@ -21,12 +21,19 @@ EXTRAS = {
     "plot": ["matplotlib"],
     # sb3-contrib's algorithms (TQC, CrossQ, RecurrentPPO, ...): the release that matches SB3's.
     "contrib": ["sb3-contrib>=2.4"],
+    # RL Baselines3 Zoo: train with the learned reward from its command line and YAML files.
+    "zoo": ["rl_zoo3>=2.4"],
+    # The benchmark grid's cells as Ray tasks, on this machine or a cluster (benchmarks/run.py --ray).
+    "ray": ["ray>=2.9"],
+    # The documentation site (mkdocs build --strict).
+    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
 }
 # Offline RL for benchmarks/offline_iql.py: d3rlpy 2.8.1 pins gymnasium 1.0.0, which metaworld refuses.
 EXTRAS["bench"] = ["minari[hdf5]>=0.5.4", "d3rlpy==2.8.0", *EXTRAS["plot"]]
 EXTRAS["dev"] = sorted(
     {"pytest>=8", "ruff>=0.6", "gguf>=0.19.0", "selenium>=4.20", "tensorboard", *EXTRAS["web"], *EXTRAS["server"],
-     *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"], *EXTRAS["plot"], *EXTRAS["contrib"]}
+     *EXTRAS["clip"], *EXTRAS["resnet"], *EXTRAS["metaworld"], *EXTRAS["bench"], *EXTRAS["plot"], *EXTRAS["contrib"],
+     *EXTRAS["zoo"], *EXTRAS["ray"], *EXTRAS["docs"]}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -82,18 +82,20 @@ def format_value(value: Any) -> str:
     return f"`{value!r}`"
 
 
-def options_table() -> str:
-    """The Markdown table of every ``LearnerConfig`` field; raises if the docstring and the fields disagree."""
-    config = load_config_module()
-    fields = dataclasses.fields(config.LearnerConfig)
-    docs = param_docs(config.LearnerConfig.__doc__ or "")
+def options_table(config_class: Any = None) -> str:
+    """The Markdown table of every field of ``config_class`` (``LearnerConfig`` by default); a PluginError,
+    which fails the build, where a field has no ``:param`` entry or an entry names no field."""
+    config_class = config_class or load_config_module().LearnerConfig
+    name = config_class.__name__
+    fields = dataclasses.fields(config_class)
+    docs = param_docs(config_class.__doc__ or "")
     undocumented = [f.name for f in fields if not docs.get(f.name)]
     if undocumented:
-        raise PluginError(f"LearnerConfig fields without a ':param name:' entry in its docstring: {undocumented}; "
+        raise PluginError(f"{name} fields without a ':param name:' entry in its docstring: {undocumented}; "
                           "document them in vlm_reward_wrappers/config.py (the options page is built from it)")
     stale = sorted(set(docs) - {f.name for f in fields})
     if stale:
-        raise PluginError(f"LearnerConfig's docstring documents {stale}, which are not fields of it")
+        raise PluginError(f"{name}'s docstring documents {stale}, which are not fields of it")
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     rows += [f"| `{f.name}` | {format_value(f.default)} | {markdown_text(docs[f.name])} |" for f in fields]
     return "\n".join(rows)

@@ -33,12 +33,14 @@ def find_learner(source: Any) -> PreferenceLearner:
 
 
 def find_reward_wrapper(source: Any) -> Any:
-    """The VLMRewardWrapper or VLMRewardVecEnvWrapper in a stack of SB3 and Gymnasium wrappers."""
+    """The VLMRewardWrapper or VLMRewardVecEnvWrapper in a stack of SB3 and Gymnasium wrappers (in a
+    DummyVecEnv, its first env's stack)."""
     env = source
     while env is not None:
         if isinstance(getattr(env, "learner", None), PreferenceLearner):
             return env
-        env = getattr(env, "venv", None) or getattr(env, "env", None)
+        # A DummyVecEnv holds the envs SB3 wrapped a single env in; a SubprocVecEnv's are out of reach.
+        env = getattr(env, "venv", None) or getattr(env, "env", None) or next(iter(getattr(env, "envs", ())), None)
     raise TypeError(
         f"no PreferenceLearner found in {type(source).__name__}: pass the VLMRewardWrapper, the "
         "VLMRewardVecEnvWrapper or their .learner"
@@ -83,16 +85,17 @@ class VLMMetricsCallback(BaseCallback):
     where it does not) and, for the first env's latest finished episode, the learned and true reward
     step by step as ``vlm/episode_rewards`` (a figure; needs matplotlib, the ``plot`` extra).
 
-    :param env: the wrapper the algorithm trains on, or its learner.
+    :param env: the wrapper the algorithm trains on, or its learner; None: found in the model's env when
+        training starts (as where the callback is built before the env, e.g. in RL Zoo's ``callback`` entry).
     :param window: episodes averaged, as SB3's ``stats_window_size``.
     :param log_pictures: log the query image and the reward figure (TensorBoard only).
     :param picture_every: the fewest env steps between two pictures of each kind.
     """
 
-    def __init__(self, env: Any, window: int = 100, log_pictures: bool = True, picture_every: int = 2000,
+    def __init__(self, env: Any = None, window: int = 100, log_pictures: bool = True, picture_every: int = 2000,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
-        self.learner = find_learner(env)
+        self.learner: Optional[PreferenceLearner] = None if env is None else find_learner(env)
         self.episodes: deque = deque(maxlen=window)
         self.log_pictures, self.picture_every = log_pictures, picture_every
         self._answers_shown = 0
@@ -100,6 +103,10 @@ class VLMMetricsCallback(BaseCallback):
         self._episode: List[Tuple[float, float]] = []
         self._finished: Optional[np.ndarray] = None
         self._warned_matplotlib = False
+
+    def _init_callback(self) -> None:
+        if self.learner is None:
+            self.learner = find_learner(self.model.get_env())
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos")

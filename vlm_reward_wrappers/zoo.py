@@ -124,7 +124,10 @@ def learned_reward_hyperparams(algo: str, env_id: str, labeler: str = "simulated
 
     :param algo: Zoo's name of the algorithm ("sac", "ppo", "tqc", ...).
     :param env_id: the Gymnasium id Zoo trains on.
-    :param labeler, labeler_options, goal, settings: as :func:`learned_reward` takes them.
+    :param labeler: as :func:`learned_reward` takes it.
+    :param labeler_options: as :func:`learned_reward` takes them.
+    :param goal: as :func:`learned_reward` takes it.
+    :param settings: learner settings, as :func:`learned_reward` takes them.
     :param base: hyperparameters to start from instead of Zoo's tuned ones.
     """
     _import_zoo()

@@ -21,6 +21,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from benchmarks import headline
+from benchmarks.cells import run_cells
 from vlm_reward_wrappers.config import make_config
 from vlm_reward_wrappers.evaluation import policy_scores, random_score
 from vlm_reward_wrappers.labelers.base import Labeler
@@ -133,6 +135,8 @@ TASKS: Dict[str, TaskConfig] = {
     "soccer": _metaworld("soccer"),
     # Issue 25's candidate for a manipulation task judged by success within a run here.
     "drawer-close": _metaworld("drawer-close", metric="success"),
+    "button-press-topdown": _metaworld("button-press-topdown", metric="success"),
+    "window-open": _metaworld("window-open", metric="success"),
     # RL-VLM-F's cloth fold is a one-step task: one place of the held corner per episode.
     "cloth-fold": TaskConfig(
         "vlmrw/ClothFold-v0", "SAC",
@@ -323,9 +327,13 @@ STARTED_ON_COMMIT = current_commit()
 
 
 def run_one(
-    task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None
+    task: str, source: str, seed: int, size: str, labeler: Optional[Labeler] = None,
+    config: Optional[TaskConfig] = None,
 ) -> dict:
-    """Train one agent on one reward source and return its figures and curve."""
+    """Train one agent on one reward source and return its figures and curve.
+
+    :param config: the task's settings; default: ``task_config(task)`` (a Ray worker gets the driver's).
+    """
     import stable_baselines3
     import torch
 
@@ -333,7 +341,7 @@ def run_one(
     from vlm_reward_wrappers.envs import goal_for
 
     torch.set_num_threads(1)
-    config = task_config(task)
+    config = config or task_config(task)
     learned = source not in TRUE_SOURCES
     rendered = source != "true"
     env = gym.make(config.env_id, render_mode="rgb_array" if rendered else None, **config.env_kwargs)
@@ -580,6 +588,8 @@ def run_benchmark(
     out: Path,
     labelers: Optional[Dict[str, Callable[[], Labeler]]] = None,
     report_only: bool = False,
+    ray_address: Optional[str] = None,
+    cpus_per_cell: float = 1.0,
 ) -> List[dict]:
     """Run every task x source x seed not run yet, with a progress bar, and write the report to ``out``.
 
@@ -591,6 +601,12 @@ def run_benchmark(
     :param labelers: factories of real labelers by source name (e.g. "clip", "vlm").
     :param report_only: run nothing: rewrite the report of the runs already in the file (e.g. once two
         grids of different tasks, run side by side, have both appended to it).
+    :param ray_address: run the cells as Ray tasks (:func:`benchmarks.cells.run_cells`): "local", "auto" or
+        a cluster's address; None: one after another here.
+    :param cpus_per_cell: CPUs Ray reserves for each cell.
+
+    A cell that fails is logged and appended to ``out/failures.jsonl`` with its error, and the others go
+    on; it is not in results.jsonl, so the same command runs it again.
     """
     from tqdm import tqdm
 
@@ -608,11 +624,19 @@ def run_benchmark(
     jobs = [] if report_only else [
         (t, s, seed) for t in tasks for seed in seeds for s in sources
         if (t, s, seed, size) not in finished and not (s in TRUE_SOURCES and t != base_task(t))]
-    for task, source, seed in tqdm(jobs, desc=f"bench {size}", unit="run"):
-        factory = labelers.get(source)
-        result = run_one(task, source, seed, size, factory() if factory else None)
-        with open(path, "a") as f:  # at once: a session may end mid-grid
-            f.write(json.dumps(result) + "\n")
+    configs = {task: task_config(task) for task, _, _ in jobs}
+    failed = []
+    with tqdm(total=len(jobs), desc=f"bench {size}", unit="run") as bar:
+        for (task, source, seed), result, error in run_cells(jobs, configs, size, labelers, ray_address, cpus_per_cell):
+            bar.update()
+            if error is not None:
+                failed.append((task, source, seed))
+                result, path_for = {"task": task, "source": source, "seed": seed, "size": size, "error": error,
+                                    "commit": STARTED_ON_COMMIT}, out / "failures.jsonl"
+            else:
+                path_for = path
+            with open(path_for, "a") as f:  # at once: a session may end mid-grid
+                f.write(json.dumps(result) + "\n")
     # Every run of the file as it is now, not only this sitting's: another grid may append to it meanwhile.
     results = [r for r in read_results(path) if r["size"] == size]
     tasks = list(dict.fromkeys([*tasks, *(r["task"] for r in results)]))
@@ -620,4 +644,17 @@ def run_benchmark(
     random = random_floors(tasks, out / "random_floors.json")
     normalise(results, random)
     write_report(results, random, out, machine_description())
+    if out.resolve() == headline.ROOT / "benchmarks" / "results" / "full":  # not a test's or a user's folder
+        headline.update_readme(headline.ROOT / "README.md", out / "summary.json")
+    if failed:
+        raise CellsFailed(failed, out / "failures.jsonl")
     return results
+
+
+class CellsFailed(RuntimeError):
+    """Cells of a grid failed; the others finished and the report covers them."""
+
+    def __init__(self, cells: List[tuple], log: Path) -> None:
+        super().__init__(f"{len(cells)} cell(s) failed: {', '.join(map(str, cells))}; their errors are in {log}; "
+                         "run the same command again to retry them")
+        self.cells = cells

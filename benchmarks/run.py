@@ -4,6 +4,7 @@
     python benchmarks/run.py --size full --tasks drawer-open --seeds 0 1 2
     python benchmarks/run.py --sources true vlm --labeler llama --model-path vlm.gguf --mmproj-path mmproj.gguf
     python benchmarks/run.py --size full --tasks pendulum+shift4 --sources oracle --seeds 0 1 2   # an ablation
+    python benchmarks/run.py --size full --seeds 0 1 2 --ray auto    # the cells as Ray tasks on a cluster
 
 Reward sources: true, oracle, mistake-<rate>, realistic-<accuracy> (simulated teachers), 'vlm' (the
 --labeler given: llama or openai) and 'clip' (--clip-checkpoint). Results go to
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite results.md, summary.json and the curves from results.jsonl")
     parser.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<size>)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run the cells as Ray tasks: 'local' (a Ray instance on this machine), 'auto' (the "
+                             "cluster this machine is part of) or a cluster's address; default: one after another here")
+    parser.add_argument("--cpus-per-cell", type=float, default=1.0, help="--ray: CPUs reserved for each cell")
     return parser
 
 
@@ -77,7 +82,12 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if "clip" in sources:
         labelers["clip"] = lambda: make_labeler(argparse.Namespace(**{**vars(args), "labeler": "clip"}))
     out = Path(args.out) if args.out else default_out(args.size)
-    results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers, args.report_only)
+    try:
+        results = harness.run_benchmark(args.size, tasks, sources, args.seeds, out, labelers, args.report_only,
+                                        args.ray, args.cpus_per_cell)
+    except harness.CellsFailed as failed:
+        print((out / "results.md").read_text())
+        sys.exit(f"error: {failed}")
     print((out / "results.md").read_text())
     return results
 

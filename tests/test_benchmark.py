@@ -88,7 +88,7 @@ def test_the_package_needs_no_plotting_library():
 
 
 def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_task, tmp_path, monkeypatch):
-    def fake_run(task, source, seed, size, labeler=None):
+    def fake_run(task, source, seed, size, labeler=None, config=None):
         final = {"true": -10.0, "oracle": -20.0 - seed}[source]
         return {"task": task, "env_id": "x", "source": source, "algo": "PPO", "seed": seed, "size": size,
                 "steps": 256, "metric": "return", "curve": [[0, -50.0], [96, -50.0], [192, final - 10], [256, final]],
@@ -103,7 +103,7 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     assert len(first) == 4
     # A second sitting adds a seed: only its two runs are run; the file keeps every earlier line.
     ran = []
-    monkeypatch.setattr(harness, "run_one", lambda *args: ran.append(args[:3]) or fake_run(*args))
+    monkeypatch.setattr(harness, "run_one", lambda *args, **kwargs: ran.append(args[:3]) or fake_run(*args, **kwargs))
     harness.run_benchmark("smoke", [tiny_task], ["true", "oracle"], [0, 1, 2], tmp_path)
     assert ran == [(tiny_task, "true", 2), (tiny_task, "oracle", 2)]
     assert (tmp_path / "results.jsonl").read_text().splitlines()[:4] == first
@@ -121,7 +121,7 @@ def test_the_grid_resumes_skips_finished_runs_and_summarises_over_seeds(tiny_tas
     floors = []
     monkeypatch.setattr(harness, "random_score", lambda *args: floors.append(args[0]) or -100.0)
 
-    def run_beside_another_grid(task, source, seed, size, labeler=None):
+    def run_beside_another_grid(task, source, seed, size, labeler=None, config=None):
         with open(tmp_path / "results.jsonl", "a") as f:  # a grid in another process finishes a run meanwhile
             f.write(json.dumps({**fake_run(tiny_task, "oracle", 3, size), "final": -40.0}) + "\n")
         return fake_run(task, source, seed, size)
@@ -199,7 +199,7 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
 
     calls = []
 
-    def fake_run(task, source, seed, size, labeler=None):
+    def fake_run(task, source, seed, size, labeler=None, config=None):
         calls.append((task, source))
         final = {"true": -10.0, "oracle": -30.0}[source] if "+" not in task else -20.0
         return {"task": task, "source": source, "seed": seed, "size": size, "algo": "PPO", "steps": 256,
@@ -295,3 +295,45 @@ def test_each_run_records_its_commit_and_cost_and_the_summary_its_wall_time_over
     assert row["oracle"]["wall_over_true_rendered"] == pytest.approx(oracle["wall_s"] / rendered["wall_s"])
     assert row["true-rendered"]["wall_over_true_rendered"] == pytest.approx(1.0)
     assert "wall / true reward rendered" in (tmp_path / "summary.md").read_text()
+
+
+def _server_down():
+    raise ConnectionError("the VLM server at http://127.0.0.1:9 is down")
+
+
+def test_a_failed_cell_is_reported_and_the_others_go_on(tiny_task, tmp_path):
+    with pytest.raises(harness.CellsFailed, match=r"1 cell\(s\) failed: \('tiny', 'vlm', 0\).*run the same command"):
+        harness.run_benchmark("smoke", [tiny_task], ["vlm", "true"], [0], tmp_path, labelers={"vlm": _server_down})
+    assert [json.loads(line)["source"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["true"]
+    (failure,) = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert failure["source"] == "vlm" and "the VLM server at http://127.0.0.1:9 is down" in failure["error"]
+    assert "| tiny | true | PPO | 0 |" in (tmp_path / "results.md").read_text()  # the report covers the rest
+    # The same command again runs only the cell that failed.
+    with pytest.raises(harness.CellsFailed):
+        harness.run_benchmark("smoke", [tiny_task], ["vlm", "true"], [0], tmp_path, labelers={"vlm": _server_down})
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "failures.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_grid_runs_its_cells_as_ray_tasks(tiny_task, tmp_path):
+    pytest.importorskip("ray", reason="needs Ray: pip install -e '.[ray]'")
+
+    def server_down():  # defined here, so Ray ships it by value (workers cannot import this test module)
+        raise ConnectionError("the VLM server at http://127.0.0.1:9 is down")
+
+    labelers = {"vlm": server_down}
+    with pytest.raises(harness.CellsFailed, match=r"\('tiny', 'vlm', 0\)"):
+        harness.run_benchmark("smoke", [tiny_task], ["true", "mistake-0.3", "vlm"], [0], tmp_path, labelers,
+                              ray_address="local")
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in results) == ["mistake-0.3", "true"]  # each finished cell written once
+    noisy = next(r for r in results if r["source"] == "mistake-0.3")
+    assert noisy["queries"] == 20 and [step for step, _ in noisy["curve"]] == [0, 128, 256]  # the driver's tiny task
+    assert "the VLM server at http://127.0.0.1:9 is down" in (tmp_path / "failures.jsonl").read_text()
+
+
+def test_grid_on_ray_without_ray_names_the_extra(tiny_task, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'vlm-reward-wrappers\[ray\]'"):
+        harness.run_benchmark("smoke", [tiny_task], ["true"], [0], tmp_path, ray_address="local")

@@ -8,7 +8,7 @@ from gymnasium.envs.registration import register, registry
 
 from vlm_reward_wrappers.envs.mujoco_setup import select_mujoco_gl
 from vlm_reward_wrappers.envs.cloth import ClothFlattenEnv, ClothFoldEnv
-from vlm_reward_wrappers.envs.metaworld import RLVLMF_CAMERAS, MetaWorldEnv, make_metaworld_env
+from vlm_reward_wrappers.envs.metaworld import OTHER_TASK_CAMERAS, RLVLMF_CAMERAS, MetaWorldEnv, make_metaworld_env
 from vlm_reward_wrappers.envs.rope import RopeStraightenEnv
 from vlm_reward_wrappers.envs.softgym import SoftGymEnv, register_softgym_envs
 from vlm_reward_wrappers.envs.tasks import TASK_GOALS, goal_for
@@ -29,7 +29,7 @@ _MUJOCO_ENVS = {
     "vlmrw/RopeStraighten-v0": ("vlm_reward_wrappers.envs.rope:RopeStraightenEnv", {}, 5),
     **{
         f"vlmrw/MetaWorld-{task}-v0": ("vlm_reward_wrappers.envs.metaworld:MetaWorldEnv", {"task": task}, None)
-        for task in RLVLMF_CAMERAS
+        for task in [*RLVLMF_CAMERAS, *OTHER_TASK_CAMERAS]
     },
 }
 for _id, (_entry_point, _kwargs, _horizon) in _MUJOCO_ENVS.items():

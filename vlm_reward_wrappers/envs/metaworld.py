@@ -23,8 +23,13 @@ RLVLMF_CAMERAS: Dict[str, Tuple[str, bool]] = {
     "sweep-into": ('pos="0 1.1 .75" euler="-.5 0 0" fovy="45"', True),
     "drawer-open": ('pos="-.6 .2 .35" xyaxes="-1 1 0 -.2 -.2 -1" fovy="45"', True),
     "soccer": ('pos=".2 .6 .5" euler="3.5 2.7 1" fovy="45"', False),
-    # Not RL-VLM-F's: drawer-close is drawer-open's scene, so it gets drawer-open's camera.
-    "drawer-close": ('pos="-.6 .2 .35" xyaxes="-1 1 0 -.2 -.2 -1" fovy="45"', True),
+}
+#: Tasks RL-VLM-F did not run, registered here too (``vlmrw/MetaWorld-<task>-v0``), with their default
+#: camera: a task RL-VLM-F framed the same scene of, or a MetaWorld camera that shows the goal.
+OTHER_TASK_CAMERAS: Dict[str, str] = {
+    "drawer-close": "drawer-open",  # drawer-open's scene
+    "button-press-topdown": "corner",
+    "window-open": "corner",
 }
 _CROP_FRACTION = 300 / 480
 #: RL-VLM-F recoloured the sweep-into block green ("the green cube" of its goal).
@@ -147,8 +152,9 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = sawyer.sawyer_observation_space
         self.action_space = sawyer.action_space
         model = sawyer.model
-        if camera is None:
-            camera, model.vis.global_.fovy = rlvlmf_camera(self.task)
+        camera = OTHER_TASK_CAMERAS.get(self.task.rsplit("-", 1)[0], camera) if camera is None else camera
+        if camera in RLVLMF_CAMERAS or camera is None:
+            camera, model.vis.global_.fovy = rlvlmf_camera(camera or self.task)
         self._camera = make_camera(model, camera)
         if isinstance(camera, str):
             self._turn_upright(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera))

@@ -30,6 +30,10 @@ TASK_GOALS: Dict[str, str] = {
     "drawer-open-v3": _DRAWER_OPEN,
     "vlmrw/MetaWorld-drawer-close-v0": "to close the drawer",
     "drawer-close-v3": "to close the drawer",
+    "vlmrw/MetaWorld-button-press-topdown-v0": "to press the button down",
+    "button-press-topdown-v3": "to press the button down",
+    "vlmrw/MetaWorld-window-open-v0": "to slide the window open",
+    "window-open-v3": "to slide the window open",
     "vlmrw/MetaWorld-soccer-v0": _SOCCER,
     "soccer-v3": _SOCCER,
     # SoftGym, where it is installed (RL-VLM-F's SoftGym fork's env names).

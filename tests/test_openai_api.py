@@ -225,6 +225,9 @@ def test_the_cli_builds_it_from_its_options():
     assert isinstance(backend, OpenAICompatibleBackend)
     assert backend.url == "http://gpu-box:8000/v1/chat/completions" and backend.model == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert backend.query_image_size == 448
+    pool = make_labeler(build_parser().parse_args(
+        ["train", "--labeler", "openai", "--base-url", "http://gpu-1:8000/v1", "http://gpu-2:8000/v1"])).backend
+    assert pool.urls == ["http://gpu-1:8000/v1/chat/completions", "http://gpu-2:8000/v1/chat/completions"]
 
 
 def test_the_audit_runs_against_a_real_server(start_server, api_key, tmp_path):

@@ -138,7 +138,9 @@ def labeler_options() -> argparse.ArgumentParser:
     labeler.add_argument("--n-ctx", type=int, default=4096, help="llama: context length in tokens")
     labeler.add_argument("--n-gpu-layers", type=int, default=0, help="llama: layers on the GPU (-1: all)")
     labeler.add_argument("--vlm-threads", type=int, default=None, help="llama: CPU threads (default: llama.cpp's)")
-    labeler.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: the server's API root")
+    labeler.add_argument("--base-url", nargs="+", default=["http://127.0.0.1:8000/v1"],
+                         help="openai: the server's API root, or several servers' (queries go round them, "
+                              "skipping one that is down)")
     labeler.add_argument("--model", default="default", help="openai: the model name the server knows")
     labeler.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the key")
     labeler.add_argument("--timeout-s", type=float, default=300.0, help="openai: seconds to wait for one response")

@@ -41,3 +41,23 @@ def test_train_builds_the_reward_net_asked_for(tmp_path, capsys):
           "--save-reward-model", str(path)])
     model = RewardModel.load(path)
     assert model.reward_net == "resnet18" and model.version == 1
+
+
+def test_train_runs_sb3_contribs_algorithms(capsys):
+    pytest.importorskip("sb3_contrib", reason="needs sb3-contrib: pip install -e '.[contrib]'")
+    main(["train", "--algo", "TQC", "--steps", "200", "--seed-steps", "50", "--query-every", "100",
+          "--pairs-per-query", "5", "--epochs-per-update", "1", "--eval-episodes", "1", "--json"])
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["labels_used"] == 10 and figures["reward_model_updates"] >= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--algo", "TQC"], r"vlm-reward: TQC is sb3-contrib's: pip install 'vlm-reward-wrappers\[contrib\]'"),
+    (["--env", "NoSuchEnv-v0"], r"vlm-reward: .*NoSuchEnv"),
+    (["--query-every", "0"], r"vlm-reward: .*query_every"),
+])
+def test_a_users_mistake_is_one_line_not_a_traceback(argv, message, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "sb3_contrib", None)
+    with pytest.raises(SystemExit, match=message) as stopped:
+        main(["train", "--steps", "100", *argv])
+    assert "\n" not in str(stopped.value.code)

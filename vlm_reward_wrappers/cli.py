@@ -20,6 +20,8 @@ import gymnasium as gym
 from vlm_reward_wrappers.config import PRESETS, REWARD_NETS
 
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
+#: sb3-contrib's algorithms (the ``contrib`` extra) and the policy each takes.
+CONTRIB_ALGOS = {"TQC": "MlpPolicy", "CrossQ": "MlpPolicy", "TRPO": "MlpPolicy", "RecurrentPPO": "MlpLstmPolicy"}
 #: LearnerConfig settings that ``vlm-reward train`` takes as flags (each overrides the preset's).
 CONFIG_FLAGS = ("reward_input", "reward_image_size", "reward_net", "seed_steps", "exploration_steps", "query_every",
                 "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update", "augment_shift")
@@ -69,11 +71,24 @@ def make_labeler(args: argparse.Namespace):
     raise ValueError(f"unknown labeler {args.labeler!r}")
 
 
+def algorithm(name: str) -> type:
+    """SB3's or sb3-contrib's algorithm class of that name; an ImportError naming the extra if contrib is missing."""
+    if name not in CONTRIB_ALGOS:
+        import stable_baselines3
+
+        return getattr(stable_baselines3, name)
+    try:
+        import sb3_contrib
+    except ImportError as error:
+        raise ImportError(f"{name} is sb3-contrib's: pip install 'vlm-reward-wrappers[contrib]'") from error
+    return getattr(sb3_contrib, name)
+
+
 def train(args: argparse.Namespace) -> Dict[str, float]:
     """Train ``args.algo`` on ``args.env`` with the learned reward; return the figures printed."""
-    import stable_baselines3
     import torch
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.monitor import Monitor
 
     from vlm_reward_wrappers import LabelStore, RelabelingReplayBuffer, VLMMetricsCallback, VLMRewardWrapper
@@ -90,11 +105,12 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
         gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler, config=config, seed=args.seed,
         label_store=LabelStore(args.label_store) if args.label_store else None,
     )
-    algo_cls = getattr(stable_baselines3, args.algo)
-    off_policy = args.algo in ("SAC", "TD3", "DQN")
+    algo_cls = algorithm(args.algo)
+    off_policy = issubclass(algo_cls, OffPolicyAlgorithm)
     # Off-policy updates wait for the first labels: before them the reward model is untrained noise.
     algo_kwargs = dict(learning_starts=config.seed_steps, replay_buffer_class=RelabelingReplayBuffer) if off_policy else {}
-    model = algo_cls("MlpPolicy", env, seed=args.seed, verbose=0, tensorboard_log=args.tensorboard_log, **algo_kwargs)
+    model = algo_cls(CONTRIB_ALGOS.get(args.algo, "MlpPolicy"), env, seed=args.seed, verbose=0,
+                     tensorboard_log=args.tensorboard_log, **algo_kwargs)
     started = time.perf_counter()
     try:
         model.learn(args.steps, callback=VLMMetricsCallback(env), progress_bar=sys.stderr.isatty())
@@ -168,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train an SB3 agent on the learned reward and print true return and label figures")
     p.add_argument("--env", default="vlmrw/CartPoleAngle-v0", help="Gymnasium id (rendered as rgb_array)")
     p.add_argument("--goal", default=None, help="the task in words (default: the registered goal of --env)")
-    p.add_argument("--algo", default="PPO", choices=ALGOS)
+    p.add_argument("--algo", default="PPO", choices=[*ALGOS, *CONTRIB_ALGOS],
+                   help="SB3's algorithm, or sb3-contrib's (the contrib extra)")
     p.add_argument("--steps", type=int, default=20_000, help="env steps to train")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                    help="learner settings: RL-VLM-F's per task family, or quick (minutes on a CPU)")
@@ -306,6 +323,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ImportError, FileNotFoundError, KeyError, ValueError, gym.error.Error) as error:
+        # A user's mistake (a missing extra or file, a setting out of range, an unknown env or goal): one line.
+        raise SystemExit(f"vlm-reward: {error.args[0] if isinstance(error, KeyError) else error}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the command ``args`` name and print its figures."""
     if args.command == "inspect":
         from vlm_reward_wrappers.web.inspect import serve_inspect
 

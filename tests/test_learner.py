@@ -178,6 +178,7 @@ def test_restart_with_the_same_store_resumes_labels_and_repeats_no_query(frames,
             return super().compare(queries, goal)
 
     second = _learner(CountingOracle(), label_store=LabelStore(path), asynchronous=False, feedback_budget=80)
+    assert second.reward_model.version == 0 and second.resume() == len(answered)  # explicit, not in the constructor
     m = second.metrics
     assert m["labels_used"] == used > 0 and m["labels_resumed"] == len(answered) == m["queries_issued"]
     assert second.reward_model.version == 1  # trained on the resumed labels at start

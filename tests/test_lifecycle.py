@@ -58,7 +58,7 @@ else:
 if ending == "update-running":  # a long update starts just before the script ends
     trainer = env.learner.trainer
     trainer.wait()
-    trainer.trainer.epochs, trainer.trainer.early_stop_accuracy = 100_000, 2.0
+    trainer.bradley_terry.epochs, trainer.bradley_terry.early_stop_accuracy = 100_000, 2.0
     trainer.start(env.learner.dataset, None)
     print("update running:", trainer.busy, flush=True)
 elif ending == "close":

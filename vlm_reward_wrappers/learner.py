@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,11 +16,12 @@ from vlm_reward_wrappers.config import LearnerConfig, make_config
 from vlm_reward_wrappers.cost import CostMeter
 from vlm_reward_wrappers.exploration import StateEntropyReward
 from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore, resize_longer_side
-from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.labelers.base import Labeler, check_goal, check_labeler
+from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
 from vlm_reward_wrappers.labels import NO_PREFERENCE, LabelRecord, LabelStore, PreferenceDataset
 from vlm_reward_wrappers.metrics import gt_preference, pearson
-from vlm_reward_wrappers.reward_model import RewardModel
+from vlm_reward_wrappers.queries import QueryScheduler
+from vlm_reward_wrappers.reward_model import RewardModel, model_for_config
 from vlm_reward_wrappers.sampling import PairSampler, make_sampler
 from vlm_reward_wrappers.training import BackgroundTrainer
 
@@ -61,8 +62,6 @@ class PreferenceLearner:
     :param asynchronous: label and train on background threads (True), or inline, deterministically.
     :param training: query and learn (True), or only score with the current reward model (False):
         for evaluation envs.
-    :param resume: load the labels already in ``label_store`` for this goal and labeler, and train on
-        them before the first step.
     :param seed: seed of pair sampling, weights and training shuffles.
     :param overrides: changes to ``config`` by name, e.g. ``query_every=1000``.
     """
@@ -79,7 +78,6 @@ class PreferenceLearner:
         retry: Optional[RetryPolicy] = None,
         asynchronous: bool = True,
         training: bool = True,
-        resume: bool = True,
         seed: Optional[int] = None,
         **overrides: Any,
     ) -> None:
@@ -88,10 +86,10 @@ class PreferenceLearner:
         if labeler is None and training:
             raise ValueError("a learner that trains needs a labeler; pass training=False for one that only scores")
         self.labeler = None if labeler is None else check_labeler(labeler)
-        self.reward_model = _checked_model(reward_model, config, seed)
+        self.reward_model = model_for_config(config, reward_model, seed)
         self.training = training
-        self.sampler = make_sampler(sampler or config.sampler)
-        self.rng = np.random.default_rng(seed)
+        #: When queries go out and which pairs (:class:`~vlm_reward_wrappers.queries.QueryScheduler`).
+        self.queries = QueryScheduler(config, make_sampler(sampler or config.sampler), np.random.default_rng(seed))
         self.trainer = trainer or BackgroundTrainer.for_model(
             self.reward_model, asynchronous, lr=config.reward_lr, batch_size=config.reward_batch_size,
             epochs=config.epochs_per_update, gradient_steps=config.gradient_steps_per_update,
@@ -109,15 +107,11 @@ class PreferenceLearner:
         #: The query frames of recent steps (None when the labeler is shown the reward-model inputs).
         self.query_frames = None if self.query_image_size is None or labeler is None else QueryFrameStore(
             config.query_frame_capacity, config.query_frame_max_bytes)
-        self._drawn_steps: Set[FrozenSet[int]] = set()
         self.num_timesteps = 0
-        self.queries_issued = 0
-        self._next_query_step = config.first_query_step
         #: PEBBLE's exploration reward, paid until the first reward model is in (None without exploration).
         self.exploration = StateEntropyReward(config.first_query_step) if (
             config.exploration_steps and training) else None
         self._new_labels = 0
-        self._labelled_pairs: Set[FrozenSet[str]] = set()
         self._recent_gt: Optional[np.ndarray] = None
         #: The last answered queries as (query, record), newest last, for display (TensorBoard images).
         self.recent_answers: deque = deque(maxlen=RECENT_ANSWERS)
@@ -127,14 +121,24 @@ class PreferenceLearner:
         self.cost = CostMeter()
         self._stats: Dict[str, float] = {
             "no_preference": 0, "labels_resumed": 0, "labels_compared": 0, "labels_correct": 0,
-            "skipped_batches": 0, "updates": 0, "loss": float("nan"), "accuracy": float("nan"),
+            "updates": 0, "loss": float("nan"), "accuracy": float("nan"),
             "gt_correlation": float("nan"),
         }
-        if self.service is not None and resume:
-            self._resume_from_store()
-            if self._new_labels:  # trained on the resumed labels before the first step
-                self._start_update()
-                self._finish_update(self.trainer.wait())
+
+    @property
+    def queries_issued(self) -> int:
+        """Queries sent so far, all batches together: the feedback budget spent."""
+        return self.queries.queries_issued
+
+    def resume(self) -> int:
+        """Read back the labels a previous run with the same label store, goal and labeler already paid
+        for, and train the reward model on them, so the first step is scored by it and none of them is
+        asked again; return how many. The wrappers call it when they make a learner that trains."""
+        resumed = self._read_back_labels()
+        if self._new_labels:
+            self._start_update()
+            self._finish_update(self.trainer.wait())
+        return resumed
 
     # ----------------------------------------------------------------------------------------- steps
     def observe(
@@ -226,9 +230,9 @@ class PreferenceLearner:
                 self.cost.add("waiting", waited)
                 self._finish_update(result)
         self._finish_update(self.trainer.poll())  # a synchronous update is swapped in at once
-        if self.num_timesteps >= self._next_query_step and self.buffer is not None and len(self.buffer) >= 2:
-            self._next_query_step = self.num_timesteps + self.config.query_every
-            self._send_queries()
+        if self.queries.due(self.num_timesteps, self.buffer):
+            self.service.submit(self.queries.draw(self.buffer, self.reward_model, self.query_frames,
+                                                  self.service.pending))
         self.cost.add("learner", time.perf_counter() - started - waited)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -267,57 +271,6 @@ class PreferenceLearner:
                     self.reward_model.version, len(self.dataset), stats.loss, stats.accuracy)
 
     # ----------------------------------------------------------------------------------------- labels
-    def _send_queries(self) -> None:
-        n = min(self.config.pairs_per_query, self.config.feedback_budget - self.queries_issued)
-        if n <= 0:
-            return
-        if self.service.pending + n > self.config.pending_limit:
-            self._stats["skipped_batches"] += 1
-            logger.warning("labeler is behind (%d queries pending): skipping this query batch", self.service.pending)
-            return
-        buffer, store = self.buffer, self.query_frames
-        candidates, step_of = None, None
-        if store is not None:  # pairs are drawn among the steps whose query frame was kept
-            store.flush()  # the last few frames handed over: milliseconds, once a batch
-            steps = store.steps(oldest=buffer.added - len(buffer))
-            if len(steps) < 2:
-                return
-            candidates = steps % buffer.capacity
-            step_of = dict(zip(candidates.tolist(), steps.tolist()))
-        jobs: List[PreferenceJob] = []
-        drawn: Set[FrozenSet] = set()
-        # A pair labelled before, or drawn twice, would cost a budget slot for nothing: draw again, a few
-        # rounds at most (a buffer of near-identical frames may not hold n new pairs).
-        for _ in range(3):
-            a, b = self.sampler.select(buffer, self.reward_model, n - len(jobs), self.rng, candidates)
-            for i, j in zip(a, b):
-                job, key = self._job(i, j, step_of)
-                if key not in drawn and key not in self._labelled_pairs and key not in self._drawn_steps:
-                    drawn.add(key)
-                    jobs.append(job)
-            if len(jobs) == n:
-                break
-        if step_of is not None:
-            self._drawn_steps |= drawn
-        self.queries_issued += len(jobs)
-        self.service.submit(jobs)
-
-    def _job(self, i: int, j: int, step_of: Optional[Dict[int, int]]):
-        """The query of buffer entries i and j, and the key that tells a pair drawn before."""
-        buffer = self.buffer
-        gt_a, gt_b = float(buffer.gt_rewards[i]), float(buffer.gt_rewards[j])
-        # Copies: the ring buffer overwrites its slots while the query waits.
-        inputs = buffer.inputs(np.array([i, j]), self.reward_model.reward_input).copy()
-        if step_of is None:  # the labeler is shown the reward-model frames
-            job = PreferenceJob(Query(buffer.frames[i].copy(), buffer.frames[j].copy(), gt_a, gt_b))
-            if buffer.observations is not None:
-                job.input_a, job.input_b = inputs
-            return job, frozenset((job.hash_a, job.hash_b))
-        step_a, step_b, store = step_of[i], step_of[j], self.query_frames
-        # Decoded (and hashed) on a labelling thread, not here.
-        job = PreferenceJob(lambda: Query(store.get(step_a), store.get(step_b), gt_a, gt_b), inputs[0], inputs[1])
-        return job, frozenset((step_a, step_b))
-
     def _apply_labels(self) -> None:
         for job, record in self.service.poll():
             self._use_label(*job.inputs, record, job.query.gt_reward_a, job.query.gt_reward_b)
@@ -325,10 +278,8 @@ class PreferenceLearner:
             self.answers_received += 1
 
     def _use_label(self, input_a, input_b, record: LabelRecord, gt_a: float, gt_b: float) -> None:
-        pair = frozenset((record.hash_a, record.hash_b))
-        if pair in self._labelled_pairs:
+        if not self.queries.labelled(record.hash_a, record.hash_b):
             return  # a pair drawn again and answered from the store: it is in the dataset already
-        self._labelled_pairs.add(pair)
         if record.preference == NO_PREFERENCE:
             self._stats["no_preference"] += 1
             return
@@ -339,9 +290,10 @@ class PreferenceLearner:
             self._stats["labels_compared"] += 1
             self._stats["labels_correct"] += int(record.preference == truth)
 
-    def _resume_from_store(self) -> int:
-        """Load the labels a previous run with the same store, goal and labeler already paid for;
-        return how many."""
+    def _read_back_labels(self) -> int:
+        """Put the labels the store holds for this goal and labeler in the dataset; return how many."""
+        if self.service is None:
+            return 0
         labeler = self.labeler
         records = self.store.records(self.goal, labeler.labeler_id, labeler.prompt_version)
         for record in records:
@@ -354,7 +306,7 @@ class PreferenceLearner:
                                input_a.shape, self.reward_model.input_shape)
                 return 0
             self._use_label(input_a, input_b, record, float("nan"), float("nan"))
-        self.queries_issued = len(records)
+        self.queries.queries_issued = len(records)
         self._stats["labels_resumed"] = len(records)
         if records:
             logger.info("resumed %d labels from %s", len(records), self.store.path)
@@ -386,7 +338,7 @@ class PreferenceLearner:
             "labeler_invalid_answers": counts["invalid_answers"],
             "queries_abandoned_at_close": counts["abandoned_at_close"],
             "no_preference": s["no_preference"],
-            "skipped_batches": s["skipped_batches"],
+            "skipped_batches": self.queries.skipped_batches,
             "exploring": float(self.exploring),
             "queue_length": 0 if self.service is None else self.service.pending,
             "labeler_latency_s": (self.service.latency_s_total / answered) if answered else float("nan"),
@@ -401,24 +353,35 @@ class PreferenceLearner:
             "cost/training_s": self.trainer.train_s,
         }
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Write what a stopped run needs to go on: settings, goal, reward model and its training copy
-        (with its optimiser), schedule position, budget spent, counters, and where the label store is.
+    def state_dict(self) -> Dict[str, Any]:
+        """What a stopped run needs to go on: settings, goal, where the label store is, the reward model
+        and its training copy (with its optimiser), schedule position, budget spent and counters.
 
-        The labels themselves stay in the label store (give the learner a file store to resume one); the
-        frame buffer is not saved and refills as the resumed run steps.
+        The labels themselves stay in the label store; the frame buffer is not kept and refills as the
+        resumed run steps.
         """
+        return {
+            "config": dataclasses.asdict(self.config), "goal": self.goal, "label_store": self.store.path,
+            "reward_model": self.reward_model.state(), **self.trainer.state_dict(),
+            "num_timesteps": self.num_timesteps, **self.queries.state_dict(), "stats": dict(self._stats),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Go on from :meth:`state_dict`: the training copy, the schedule and the counters (the scoring
+        model and settings are given to the constructor, as :meth:`load` does)."""
+        self.trainer.load_state_dict(state)
+        self.num_timesteps = state["num_timesteps"]
+        self.queries.load_state_dict({**state, "skipped_batches": state["stats"].get("skipped_batches", 0)})
+        self._stats.update({k: v for k, v in state["stats"].items() if k in self._stats})
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Flush pending labels and write :meth:`state_dict` to ``path``; the labels stay in the label
+        store (give the learner a file store to resume one)."""
         if self.store.path == ":memory:":
             raise ValueError("this learner's labels live in an in-memory store and would be lost: "
                              "pass label_store=LabelStore('labels.sqlite') to a learner meant to be saved")
         self.flush()
-        torch.save({
-            "config": dataclasses.asdict(self.config), "goal": self.goal, "label_store": self.store.path,
-            "reward_model": self.reward_model.state(), "training_model": self.trainer.trainer.model.state(),
-            "optimizer": self.trainer.trainer.optimizer.state_dict(), "num_timesteps": self.num_timesteps,
-            "next_query_step": self._next_query_step, "queries_issued": self.queries_issued,
-            "stats": dict(self._stats), "train_cpu_s": self.trainer.train_cpu_s,
-        }, path)
+        torch.save(self.state_dict(), path)
 
     @classmethod
     def load(
@@ -442,17 +405,11 @@ class PreferenceLearner:
         store = label_store if label_store is not None else LabelStore(state["label_store"])
         model = RewardModel.from_state(state["reward_model"])
         learner = cls(state["goal"], labeler, LearnerConfig(**state["config"]), reward_model=model,
-                      label_store=store, resume=False, **kwargs)
+                      label_store=store, **kwargs)
         learner._owns_store = label_store is None
-        if learner.service is not None:
-            learner._resume_from_store()
-            learner._new_labels = 0  # the saved model was trained on all of them (save flushes)
-        learner.trainer.trainer.model.net.load_state_dict(state["training_model"]["state_dict"])
-        learner.trainer.trainer.optimizer.load_state_dict(state["optimizer"])
-        learner.trainer.train_cpu_s = state["train_cpu_s"]
-        learner.num_timesteps, learner._next_query_step = state["num_timesteps"], state["next_query_step"]
-        learner._stats.update(state["stats"])
-        learner.queries_issued = state["queries_issued"]
+        learner._read_back_labels()
+        learner._new_labels = 0  # the saved model was trained on all of them (save flushes)
+        learner.load_state_dict(state)
         return learner
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -468,27 +425,3 @@ class PreferenceLearner:
             self.query_frames.close()
         if self._owns_store:
             self.store.close()
-
-
-def _checked_model(model: Optional[RewardModel], config: LearnerConfig, seed: Optional[int]) -> RewardModel:
-    """``model``, or a new frame model from ``config``; a ValueError where the two disagree."""
-    if model is None:
-        if config.reward_input != "frame":
-            raise ValueError("a learner on observations needs its model: pass reward_model=RewardModel('observation', (D,))")
-        size = config.reward_image_size
-        return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, reward_net=config.reward_net,
-                           seed=seed)
-    if not isinstance(model, RewardModel):
-        raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(model).__name__}")
-    mismatch = model.reward_input != config.reward_input or model.ensemble_size != config.ensemble_size or (
-        model.reward_input == "frame" and (model.input_shape[0] != config.reward_image_size
-                                           or model.reward_net != config.reward_net))
-    if mismatch:
-        raise ValueError(
-            f"the reward_model given reads {model.reward_input} inputs of shape {model.input_shape} with "
-            f"{model.ensemble_size} members ({model.reward_net}), but the settings ask for {config.reward_input} "
-            f"inputs, reward_image_size {config.reward_image_size}, ensemble_size {config.ensemble_size} and "
-            f"reward_net {config.reward_net!r}: pass the model's own reward_input, reward_image_size, "
-            "ensemble_size and reward_net"
-        )
-    return model

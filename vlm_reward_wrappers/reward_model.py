@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlm_reward_wrappers.config import check_reward_net
+from vlm_reward_wrappers.config import LearnerConfig, check_reward_net
 from vlm_reward_wrappers.labels import PreferenceDataset
 from vlm_reward_wrappers.torchvision_compat import import_torchvision
 
@@ -195,7 +195,7 @@ class RewardModel:
             self.net = EnsembleMLP(ensemble_size, self.input_shape[0])
         self.net.to(self.device)
         self.mean, self.std = 0.0, 1.0
-        #: Number of updates so far; consumers (replay relabelling) watch it change.
+        #: Number of weight changes so far (:meth:`weights_changed`); relabelling watches it change.
         self.version = 0
 
     def to_tensor(self, inputs: np.ndarray) -> torch.Tensor:
@@ -243,9 +243,14 @@ class RewardModel:
         return RewardModel.from_state(self.state())
 
     def copy_weights_from(self, other: "RewardModel") -> None:
-        """Take ``other``'s weights and normalisation (a model of the same settings); the version stays."""
+        """Take ``other``'s weights and normalisation (a model of the same settings): a new version."""
         self.net.load_state_dict(other.net.state_dict())
         self.mean, self.std = other.mean, other.std
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """Raise :attr:`version`: the one place it changes (trainers call it after changing the weights)."""
+        self.version += 1
 
     def state(self) -> dict:
         """Settings, weights, normalisation and version, as :meth:`save` writes them."""
@@ -399,5 +404,30 @@ class BradleyTerryTrainer:
                 seen += len(idx) * e
             if correct / seen >= self.early_stop_accuracy or steps_left <= 0:
                 break
-        self.model.version += 1
+        self.model.weights_changed()
         return TrainStats(loss=loss_sum / seen, accuracy=correct / seen, epochs=epochs_run)
+
+
+def model_for_config(config: LearnerConfig, model: Optional[RewardModel] = None, seed: Optional[int] = None
+                     ) -> RewardModel:
+    """``model``, or a new frame model from ``config``; a ValueError where the two disagree."""
+    if model is None:
+        if config.reward_input != "frame":
+            raise ValueError("a learner on observations needs its model: pass reward_model=RewardModel('observation', (D,))")
+        size = config.reward_image_size
+        return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, reward_net=config.reward_net,
+                           seed=seed)
+    if not isinstance(model, RewardModel):
+        raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(model).__name__}")
+    mismatch = model.reward_input != config.reward_input or model.ensemble_size != config.ensemble_size or (
+        model.reward_input == "frame" and (model.input_shape[0] != config.reward_image_size
+                                           or model.reward_net != config.reward_net))
+    if mismatch:
+        raise ValueError(
+            f"the reward_model given reads {model.reward_input} inputs of shape {model.input_shape} with "
+            f"{model.ensemble_size} members ({model.reward_net}), but the settings ask for {config.reward_input} "
+            f"inputs, reward_image_size {config.reward_image_size}, ensemble_size {config.ensemble_size} and "
+            f"reward_net {config.reward_net!r}: pass the model's own reward_input, reward_image_size, "
+            "ensemble_size and reward_net"
+        )
+    return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -32,7 +32,8 @@ class BackgroundTrainer:
     happens does not go on silently.
 
     :param model: the scoring model (read by the env loop, relabelling and pair selection).
-    :param trainer: trains the copy; build it on ``model.clone()`` (see :meth:`for_model`).
+    :param trainer: trains the copy; build it on ``model.clone()`` (see :meth:`for_model`); kept as
+        :attr:`bradley_terry`.
     :param asynchronous: train on a background thread (True) or inside :meth:`start`, deterministically.
     :param max_failures: updates failing in a row before the error is raised.
     """
@@ -44,7 +45,7 @@ class BackgroundTrainer:
             raise ValueError("the trainer must train a copy of the scoring model (model.clone()), not the model itself")
         if max_failures < 1:
             raise ValueError(f"max_failures must be at least 1, got {max_failures}")
-        self.model, self.trainer, self.asynchronous = model, trainer, asynchronous
+        self.model, self.bradley_terry, self.asynchronous = model, trainer, asynchronous
         self.max_failures = max_failures
         self._thread: Optional[threading.Thread] = None
         # Set when the update's thread has finished its work. Waits use it, not Thread.join: on Python
@@ -98,8 +99,7 @@ class BackgroundTrainer:
         if self._error is not None:
             return self._failed(self._error)
         self._failures_in_a_row = 0
-        self.model.copy_weights_from(self.trainer.model)
-        self.model.version += 1
+        self.model.copy_weights_from(self.bradley_terry.model)
         return self._result, self._predicted
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Tuple[TrainStats, Optional[np.ndarray]]]:
@@ -107,6 +107,19 @@ class BackgroundTrainer:
         if self._thread is not None:
             self._done.wait(timeout)
         return self.poll()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The training copy's weights and optimiser, and the training time spent."""
+        return {"training_model": self.bradley_terry.model.state(),
+                "optimizer": self.bradley_terry.optimizer.state_dict(), "train_cpu_s": self.train_cpu_s}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Go on from :meth:`state_dict` (no update may be running)."""
+        if self.busy:
+            raise RuntimeError("an update is running: wait() for it before loading a state")
+        self.bradley_terry.model.net.load_state_dict(state["training_model"]["state_dict"])
+        self.bradley_terry.optimizer.load_state_dict(state["optimizer"])
+        self.train_cpu_s = state["train_cpu_s"]
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Abandon the update in flight (it stops before its next gradient step, and is not swapped in)
@@ -133,9 +146,9 @@ class BackgroundTrainer:
         started = time.thread_time()  # CPU seconds of this thread alone (the env loop runs beside it)
         wall_started = time.perf_counter()
         try:
-            self._result = self.trainer.train(dataset, stop=self._stop)
+            self._result = self.bradley_terry.train(dataset, stop=self._stop)
             if normalization_inputs is not None and len(normalization_inputs) >= 2 and not self._stop.is_set():
-                self._predicted = self.trainer.model.fit_normalization(normalization_inputs)
+                self._predicted = self.bradley_terry.model.fit_normalization(normalization_inputs)
         except UpdateAbandoned:
             pass  # closing: nothing is swapped in
         except BaseException as error:  # handed to poll(), on the env loop's thread

@@ -58,14 +58,17 @@ def _make_learner(
     seed: Optional[int],
     learner_kwargs: Dict[str, Any],
 ) -> PreferenceLearner:
-    """The learner of a wrapper; a model on the env's observations where the settings ask for one."""
+    """The learner of a wrapper, resumed from its label store; a model on the env's observations where the
+    settings ask for one."""
     fields = {f.name for f in dataclasses.fields(LearnerConfig)}
     config = make_config(learner_kwargs.pop("config", None),
                          **{k: learner_kwargs.pop(k) for k in list(learner_kwargs) if k in fields})
     if reward_model is None and config.reward_input == "observation":
         reward_model = RewardModel("observation", (_observation_dim(observation_space),),
                                    ensemble_size=config.ensemble_size, seed=seed)
-    return PreferenceLearner(goal, labeler, config, reward_model=reward_model, seed=seed, **learner_kwargs)
+    learner = PreferenceLearner(goal, labeler, config, reward_model=reward_model, seed=seed, **learner_kwargs)
+    learner.resume()  # labels a previous run paid for: read back and trained on before the first step
+    return learner
 
 
 def _check_fits(learner: PreferenceLearner, observation_space: gym.Space) -> PreferenceLearner:

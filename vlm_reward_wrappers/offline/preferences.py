@@ -93,6 +93,7 @@ class PreferenceRelabeler:
         )
         self.learner = learner = PreferenceLearner(self.goal, self.labeler, config, label_store=self.store,
                                                    asynchronous=False, retry=self.retry, seed=self.seed)
+        learner.resume()  # the labels a previous labelling of this dataset paid for
         query = [frame for episode in dataset.episodes for frame in episode.frames[1:]]
         learner.observe(frames, dataset.gt_rewards, query_frames=query)
         learner.flush()

@@ -43,7 +43,7 @@ import vlm_reward_wrappers  # noqa: E402,F401  (registers vlmrw/ ids)
 from vlm_reward_wrappers.cli import labeler_options, make_backend, make_labeler  # noqa: E402
 from vlm_reward_wrappers.envs import goal_for  # noqa: E402
 from vlm_reward_wrappers.labelers import ChatScoreLabeler, OracleLabeler, OracleScoreLabeler, ScoreLabeler  # noqa: E402
-from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
+from vlm_reward_wrappers.label_store import LabelStore  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
     OfflineDataset,
     PreferenceRelabeler,

@@ -19,7 +19,7 @@ from vlm_reward_wrappers import (
     RewardModel,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.labels import frame_hash
+from vlm_reward_wrappers.label_store import frame_hash
 
 
 class BlockedTrainer(BradleyTerryTrainer):

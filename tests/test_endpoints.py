@@ -6,8 +6,8 @@ import pytest
 from conftest import GOAL
 from scripted_server import ScriptedServer
 from vlm_reward_wrappers.labelers import LabelerUnavailableError, OpenAICompatibleLabeler, Query
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.label_store import LabelStore
 
 
 def _jobs(n, seed):

@@ -19,8 +19,8 @@ from vlm_reward_wrappers import FrameInfoWrapper, VLMRewardVecEnvWrapper
 from vlm_reward_wrappers.labelers.base import LabelerUnavailableError, Query
 from vlm_reward_wrappers.labelers.human import HumanLabeler
 from vlm_reward_wrappers.labelers.pair_queue import PairQueue
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.label_store import LabelStore
 from vlm_reward_wrappers.offline import PreferenceRelabeler
 
 from offline_data import cartpole_dataset  # noqa: E402
@@ -182,7 +182,7 @@ def test_on_loopback_other_sites_cannot_reach_or_post_to_the_page():
 
 
 def test_text_from_the_goal_and_labelers_is_escaped_in_every_page(tmp_path):
-    from vlm_reward_wrappers.labels import LabelRecord, frame_hash
+    from vlm_reward_wrappers.label_store import LabelRecord, frame_hash
     from vlm_reward_wrappers.web.inspect import serve_inspect
 
     evil = "<script>alert(1)</script>"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from browser import open_browser, screenshot
 
-from vlm_reward_wrappers.labels import LabelRecord, LabelStore, frame_hash
+from vlm_reward_wrappers.label_store import LabelRecord, LabelStore, frame_hash
 from vlm_reward_wrappers.metrics import gt_preference
 from vlm_reward_wrappers.web.inspect import PAGE_SIZE, StoreReader, serve_inspect
 

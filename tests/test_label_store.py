@@ -16,7 +16,7 @@ import numpy as np
 
 from conftest import GOAL
 from vlm_reward_wrappers import LabelStore, OracleLabeler, VLMRewardWrapper
-from vlm_reward_wrappers.labels import frame_hash
+from vlm_reward_wrappers.label_store import frame_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ import torch
 torch.set_num_threads(1)
 import gymnasium as gym
 from vlm_reward_wrappers import LabelStore, OracleLabeler, VLMRewardWrapper
-from vlm_reward_wrappers.labels import frame_hash
+from vlm_reward_wrappers.label_store import frame_hash
 
 db, log_path, steps, asynchronous = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "async"
 

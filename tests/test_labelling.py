@@ -10,8 +10,8 @@ import pytest
 from conftest import GOAL
 from vlm_reward_wrappers import OracleLabeler, VLMRewardWrapper
 from vlm_reward_wrappers.labelers import Answer, LabelerRefusedError, Labeler, Query
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.label_store import LabelStore
 
 
 def _jobs(n, seed=0):

@@ -18,8 +18,8 @@ from vlm_reward_wrappers import (
     UniformSampler,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.labelling import RetryPolicy
-from vlm_reward_wrappers.labels import frame_hash
+from vlm_reward_wrappers.labelling_service import RetryPolicy
+from vlm_reward_wrappers.label_store import frame_hash
 
 
 class FailingLabeler(Labeler):

@@ -29,7 +29,7 @@ from vlm_reward_wrappers import (
     RewardModel,
 )
 from vlm_reward_wrappers import lifecycle
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
 
 ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
 

@@ -23,7 +23,7 @@ from vlm_reward_wrappers.labelers import (  # noqa: E402
     SwapConsistentLabeler,
 )
 from vlm_reward_wrappers.labelers.prompts import parse_preference  # noqa: E402
-from vlm_reward_wrappers.labels import frame_hash  # noqa: E402
+from vlm_reward_wrappers.label_store import frame_hash  # noqa: E402
 
 # One thread each: the test machines have 2 cores, shared (shared/notes/local-vlm.md).
 FAST = dict(n_ctx=2048, n_threads=1, n_threads_batch=1, max_analysis_tokens=32)

@@ -26,8 +26,8 @@ from vlm_reward_wrappers.labelers import (  # noqa: E402
     WindowScores,
 )
 from vlm_reward_wrappers.labelers.backends import ChatBackend  # noqa: E402
-from vlm_reward_wrappers.labelling import RetryPolicy  # noqa: E402
-from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
+from vlm_reward_wrappers.labelling_service import RetryPolicy  # noqa: E402
+from vlm_reward_wrappers.label_store import LabelStore  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
     OfflineDataset,
     PreferenceRelabeler,
@@ -178,7 +178,7 @@ def test_a_labeler_failing_once_is_retried(tmp_path):
 # request, SIGKILLs its own process when asked its k-th batch.
 CHILD = r"""
 import os, signal, sys
-from vlm_reward_wrappers.labels import LabelStore, frame_hash
+from vlm_reward_wrappers.label_store import LabelStore, frame_hash
 from vlm_reward_wrappers.labelers import OracleScoreLabeler
 from vlm_reward_wrappers.offline import OfflineDataset, WindowScorer, fill_unscored, mix_rewards
 

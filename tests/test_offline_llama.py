@@ -16,7 +16,7 @@ from tiny_models import write_tiny_vlm  # noqa: E402
 from vlm_reward_wrappers.cli import main  # noqa: E402
 from vlm_reward_wrappers.labelers import ChatScoreLabeler, LlamaCppBackend  # noqa: E402
 from vlm_reward_wrappers.labelers.prompts import describe_actions  # noqa: E402
-from vlm_reward_wrappers.labels import LabelStore, frame_hash, window_hash  # noqa: E402
+from vlm_reward_wrappers.label_store import LabelStore, frame_hash, window_hash  # noqa: E402
 from vlm_reward_wrappers.offline import (  # noqa: E402
     OfflineDataset,
     WindowScorer,

@@ -31,8 +31,8 @@ from vlm_reward_wrappers.labelers import (  # noqa: E402
     Query,
 )
 from vlm_reward_wrappers.labelers.backends import OpenAICompatibleBackend  # noqa: E402
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy  # noqa: E402
-from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy  # noqa: E402
+from vlm_reward_wrappers.label_store import LabelStore  # noqa: E402
 
 KEY_ENV = "VLMRW_TEST_API_KEY"
 KEY = "test-key-not-a-secret"

@@ -8,7 +8,7 @@ from stable_baselines3.common.logger import configure
 from vlm_reward_wrappers import OracleLabeler, VLMMetricsCallback, VLMRewardWrapper
 from vlm_reward_wrappers.callbacks import ABSTAINED, CORRECT, UNKNOWN, WRONG, answer_grid
 from vlm_reward_wrappers.labelers.base import Query
-from vlm_reward_wrappers.labels import LabelRecord
+from vlm_reward_wrappers.label_store import LabelRecord
 
 
 def _has(image, colour):

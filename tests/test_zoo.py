@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("rl_zoo3", reason="needs RL Zoo: pip install -e '.[zoo]'")
 
 from vlm_reward_wrappers import RelabelingReplayBuffer  # noqa: E402
-from vlm_reward_wrappers.labels import LabelStore  # noqa: E402
+from vlm_reward_wrappers.label_store import LabelStore  # noqa: E402
 from vlm_reward_wrappers.zoo import learned_reward_hyperparams, make_labeler_by_name  # noqa: E402
 
 

@@ -22,8 +22,9 @@ from vlm_reward_wrappers.labelers import (
     SimulatedVLMLabeler,
     SwapConsistentLabeler,
 )
-from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
-from vlm_reward_wrappers.labels import LabelStore, PreferenceDataset
+from vlm_reward_wrappers.labelling_service import LabellingService, RetryPolicy
+from vlm_reward_wrappers.label_store import LabelStore
+from vlm_reward_wrappers.preference_dataset import PreferenceDataset
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import RelabelingReplayBuffer
 from vlm_reward_wrappers.rollout import BatchScoringRolloutBuffer

@@ -25,8 +25,8 @@ from vlm_reward_wrappers.frames import resize_longer_side
 from vlm_reward_wrappers.labelers.backends.base import frame_to_data_uri
 from vlm_reward_wrappers.labelers.base import Labeler, Query, check_goal, check_labeler
 from vlm_reward_wrappers.labelers.swap import SwapConsistentLabeler
-from vlm_reward_wrappers.labelling import LabellingService, PreferenceJob, RetryPolicy
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, LabelStore
+from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, LabelStore
 from vlm_reward_wrappers.metrics import gt_preference
 from vlm_reward_wrappers.web.pages import page, pair_card
 

@@ -12,7 +12,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Figure, Image
 
 from vlm_reward_wrappers.frames import resize_longer_side
-from vlm_reward_wrappers.labels import NO_PREFERENCE, LabelRecord
+from vlm_reward_wrappers.label_store import NO_PREFERENCE, LabelRecord
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.metrics import gt_preference, pearson
 

@@ -262,7 +262,7 @@ def label(args: argparse.Namespace) -> Dict[str, float]:
 
     from vlm_reward_wrappers.envs import goal_for
     from vlm_reward_wrappers.labelers import ChatScoreLabeler, OracleScoreLabeler
-    from vlm_reward_wrappers.labels import LabelStore
+    from vlm_reward_wrappers.label_store import LabelStore
     from vlm_reward_wrappers.offline import (
         OfflineDataset, PreferenceRelabeler, WindowScorer, fill_unscored, mix_rewards, true_reward_correlation,
     )
@@ -307,7 +307,7 @@ def audit(args: argparse.Namespace) -> Dict[str, float]:
     """Audit ``args.labeler`` on ``args.env``, write the report to ``args.out``; return its figures."""
     from vlm_reward_wrappers import audit as audits
     from vlm_reward_wrappers.envs import goal_for
-    from vlm_reward_wrappers.labels import LabelStore
+    from vlm_reward_wrappers.label_store import LabelStore
 
     env = gym.make(args.env, render_mode="rgb_array")
     result = audits.audit(env, args.goal or goal_for(args.env), make_labeler(args), n_pairs=args.pairs,

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
-#: Pair selection strategies (:mod:`vlm_reward_wrappers.sampling`).
-SAMPLERS = ("uniform", "disagreement", "entropy")
+#: Pair selection strategies by name (their classes: :data:`vlm_reward_wrappers.sampling.SAMPLERS`).
+SAMPLER_NAMES = ("uniform", "disagreement", "entropy")
 #: Frame reward nets: RL-VLM-F's small CNN (its MetaWorld and CartPole net) or its ResNet-18 (cloth, rope).
 REWARD_NETS = ("cnn", "resnet18")
 
@@ -94,8 +94,8 @@ class LearnerConfig:
         if self.reward_input not in ("frame", "observation"):
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
         check_reward_net(self.reward_net, self.reward_input)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,
                      pairs_per_query=1, feedback_budget=0, buffer_capacity=2, epochs_per_update=1, augment_shift=0,
                      reward_batch_size=1, query_frame_every=1, query_frame_capacity=2, query_frame_max_bytes=1)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vlm_reward_wrappers import lifecycle
-from vlm_reward_wrappers.labels import check_frame
+from vlm_reward_wrappers.label_store import check_frame
 
 
 def png_bytes(frame: Union[np.ndarray, Image.Image], compress_level: int = 6) -> bytes:

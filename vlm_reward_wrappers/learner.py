@@ -17,8 +17,9 @@ from vlm_reward_wrappers.cost import CostMeter
 from vlm_reward_wrappers.exploration import StateEntropyReward
 from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore, resize_longer_side
 from vlm_reward_wrappers.labelers.base import Labeler, check_goal, check_labeler
-from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy
-from vlm_reward_wrappers.labels import NO_PREFERENCE, LabelRecord, LabelStore, PreferenceDataset
+from vlm_reward_wrappers.labelling_service import LabellingService, RetryPolicy
+from vlm_reward_wrappers.label_store import NO_PREFERENCE, LabelRecord, LabelStore
+from vlm_reward_wrappers.preference_dataset import PreferenceDataset
 from vlm_reward_wrappers.metrics import gt_preference, pearson
 from vlm_reward_wrappers.queries import QueryScheduler
 from vlm_reward_wrappers.reward_model import RewardModel, model_for_config

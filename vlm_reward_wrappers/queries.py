@@ -10,7 +10,7 @@ import numpy as np
 from vlm_reward_wrappers.config import LearnerConfig
 from vlm_reward_wrappers.frames import FrameBuffer, QueryFrameStore
 from vlm_reward_wrappers.labelers.base import Query
-from vlm_reward_wrappers.labelling import PreferenceJob
+from vlm_reward_wrappers.labelling_service import PreferenceJob
 from vlm_reward_wrappers.reward_model import RewardModel
 from vlm_reward_wrappers.sampling import PairSampler
 

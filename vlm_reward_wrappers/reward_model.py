@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlm_reward_wrappers.config import LearnerConfig, check_reward_net
-from vlm_reward_wrappers.labels import PreferenceDataset
+from vlm_reward_wrappers.preference_dataset import PreferenceDataset
 from vlm_reward_wrappers.torchvision_compat import import_torchvision
 
 

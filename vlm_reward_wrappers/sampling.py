@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from vlm_reward_wrappers.config import SAMPLER_NAMES
 from vlm_reward_wrappers.frames import FrameBuffer
 from vlm_reward_wrappers.reward_model import RewardModel
 
@@ -75,7 +76,8 @@ class EntropySampler(_ScoredSampler):
         return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
-SAMPLERS = {"uniform": UniformSampler, "disagreement": DisagreementSampler, "entropy": EntropySampler}
+#: Each of the config's sampler names with its class.
+SAMPLERS: Dict[str, type] = dict(zip(SAMPLER_NAMES, (UniformSampler, DisagreementSampler, EntropySampler)))
 
 
 def make_sampler(sampler: Union[str, PairSampler]) -> PairSampler:

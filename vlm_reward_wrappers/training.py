@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from vlm_reward_wrappers import lifecycle
-from vlm_reward_wrappers.labels import PreferenceDataset
+from vlm_reward_wrappers.preference_dataset import PreferenceDataset
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel, TrainStats, UpdateAbandoned
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from vlm_reward_wrappers.envs.tasks import goal_for
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.label_store import LabelStore
 from vlm_reward_wrappers.replay import RelabelingReplayBuffer
 from vlm_reward_wrappers.wrappers import FrameInfoWrapper, VLMRewardVecEnvWrapper
 

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND, check_frame
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND, check_frame
 
 
 class LabelerError(RuntimeError):

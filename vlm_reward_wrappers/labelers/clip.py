@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query
 from vlm_reward_wrappers.torchvision_compat import import_torchvision
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 
 def _import_open_clip():

@@ -27,7 +27,7 @@ class HumanLabeler(Labeler):
 
     Each pair is its own call, so an answer is committed the moment it is clicked. A pair no one has
     opened after ``wait_s`` seconds is taken off the page and its call fails, to be retried by the
-    labelling service's :class:`~vlm_reward_wrappers.labelling.RetryPolicy`; a pair someone has open
+    labelling service's :class:`~vlm_reward_wrappers.labelling_service.RetryPolicy`; a pair someone has open
     waits for them, ``lease_s`` longer at most. A call thus lasts up to ``wait_s + lease_s``
     (:attr:`longest_call_s`): with the defaults (120 s + 60 s, 2 retries, 1 s backoff) three calls fit
     the policy's 600 s deadline, so no click lands on a call already given up; the service warns

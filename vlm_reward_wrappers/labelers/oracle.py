@@ -10,7 +10,7 @@ import numpy as np
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query
 from vlm_reward_wrappers.labelers.prompts import MAX_SCORE
 from vlm_reward_wrappers.labelers.scores import ScoreLabeler, Window, WindowScores
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND, frame_hash
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND, frame_hash
 
 
 class OracleLabeler(Labeler):

@@ -14,7 +14,7 @@ import numpy as np
 
 from vlm_reward_wrappers.frames import png_bytes
 from vlm_reward_wrappers.labelers.base import Answer
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 #: What people click, and the preference it means.
 CHOICES = {"left": FIRST, "right": SECOND, "tie": NO_PREFERENCE}

@@ -22,7 +22,7 @@ from vlm_reward_wrappers.labelers.prompts import (
     single_stage_prompt,
     text_messages,
 )
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 #: The answers whose probabilities make a soft label.
 _CHOICES = {"0": FIRST, "1": SECOND, "-1": NO_PREFERENCE}

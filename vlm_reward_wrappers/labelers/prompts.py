@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vlm_reward_wrappers.labelers.backends.base import LAYOUTS
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 #: Stored with every answer; bump on any change to the wording below, so older answers are not reused.
 TWO_STAGE_VERSION = "rlvlmf-two-stage-v1"

@@ -25,7 +25,7 @@ from vlm_reward_wrappers.labelers.prompts import (
     single_stage_score_prompt,
     text_messages,
 )
-from vlm_reward_wrappers.labels import check_frame
+from vlm_reward_wrappers.label_store import check_frame
 
 
 @dataclass(frozen=True)

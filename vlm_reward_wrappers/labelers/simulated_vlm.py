@@ -24,7 +24,7 @@ from typing import List, Sequence
 import numpy as np
 
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND, frame_hash
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND, frame_hash
 
 
 class SimulatedVLMLabeler(Labeler):

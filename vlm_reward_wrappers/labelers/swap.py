@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from vlm_reward_wrappers.labelers.base import Answer, Labeler, Query, check_labeler
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 
 def _in_original_order(preference: int) -> int:

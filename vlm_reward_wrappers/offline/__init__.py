@@ -8,8 +8,8 @@ Two methods, both on the frames recorded with a dataset:
   dataset's frames, trains a reward model on the answers, and rewards every transition with the
   model's reward of the frame it ends in.
 
-Both label through the same :class:`~vlm_reward_wrappers.labelling.LabellingService` as online
-training: every answer is committed to a :class:`~vlm_reward_wrappers.labels.LabelStore` before it is
+Both label through the same :class:`~vlm_reward_wrappers.labelling_service.LabellingService` as online
+training: every answer is committed to a :class:`~vlm_reward_wrappers.label_store.LabelStore` before it is
 used and looked up there before it is sent, so an interrupted run resumes where it stopped. The
 reward written is ``weight * vlm_reward``, or ``dataset_reward + weight * vlm_reward``
 (:func:`mix_rewards`): RG-VLM uses its scores alone or as an auxiliary to the sparse reward.

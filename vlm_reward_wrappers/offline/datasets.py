@@ -16,7 +16,7 @@ import numpy as np
 
 from vlm_reward_wrappers.frames import resize_frame
 from vlm_reward_wrappers.labelers.scores import Window
-from vlm_reward_wrappers.labels import check_frame
+from vlm_reward_wrappers.label_store import check_frame
 
 #: Info keys searched, in order, for frames when a dataset's observations are not images.
 FRAME_INFO_KEYS = ("frame", "vlm_frame", "frames", "pixels", "render", "rgb")

@@ -9,8 +9,8 @@ import numpy as np
 from vlm_reward_wrappers.config import LearnerConfig
 from vlm_reward_wrappers.frames import resize_frame
 from vlm_reward_wrappers.labelers.base import Labeler, check_goal, check_labeler
-from vlm_reward_wrappers.labelling import RetryPolicy
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.labelling_service import RetryPolicy
+from vlm_reward_wrappers.label_store import LabelStore
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.offline.datasets import OfflineDataset
 from vlm_reward_wrappers.reward_model import RewardModel

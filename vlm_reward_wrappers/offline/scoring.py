@@ -10,8 +10,8 @@ import numpy as np
 from vlm_reward_wrappers.labelers.base import LabelerUnavailableError, check_goal, check_labeler
 from vlm_reward_wrappers.labelers.prompts import describe_actions
 from vlm_reward_wrappers.labelers.scores import ScoreLabeler
-from vlm_reward_wrappers.labelling import LabellingService, RetryPolicy, WindowJob
-from vlm_reward_wrappers.labels import LabelStore
+from vlm_reward_wrappers.labelling_service import LabellingService, RetryPolicy, WindowJob
+from vlm_reward_wrappers.label_store import LabelStore
 from vlm_reward_wrappers.offline.datasets import OfflineDataset
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class WindowScorer:
     """RG-VLM on a fixed dataset: every transition scored 0-10 by a :class:`ScoreLabeler`, in windows.
 
     Windows tile each episode without overlap (its last may be shorter). They go through the
-    :class:`~vlm_reward_wrappers.labelling.LabellingService`: each answer is committed to the label
+    :class:`~vlm_reward_wrappers.labelling_service.LabellingService`: each answer is committed to the label
     store before it is used, and a window found there (same frames, actions, goal, labeler and prompt)
     is not sent, so an interrupted run resumes where it stopped and sends no answered query again. A
     labeler that still fails after the retry policy's retries stops the run with

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from vlm_reward_wrappers.frames import png_bytes
-from vlm_reward_wrappers.labels import NO_PREFERENCE, decode_array
+from vlm_reward_wrappers.label_store import NO_PREFERENCE, decode_array
 from vlm_reward_wrappers.web.pages import page, pair_card
 from vlm_reward_wrappers.web.server import BackgroundServer, access_token, add_guards, require_web
 

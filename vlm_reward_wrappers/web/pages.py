@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Optional, Sequence, Tuple
 
-from vlm_reward_wrappers.labels import FIRST, NO_PREFERENCE, SECOND
+from vlm_reward_wrappers.label_store import FIRST, NO_PREFERENCE, SECOND
 
 #: How answers read on every page.
 ANSWER_NAMES = {FIRST: "image 1", SECOND: "image 2", NO_PREFERENCE: "no preference", None: "dropped"}

@@ -2,7 +2,7 @@
 
 Every request (a pair of frames for a :class:`~vlm_reward_wrappers.labelers.Labeler`, a window of
 frames for a :class:`~vlm_reward_wrappers.labelers.scores.ScoreLabeler`) is looked up in the
-:class:`~vlm_reward_wrappers.labels.LabelStore` first; what is not there is sent to the labeler,
+:class:`~vlm_reward_wrappers.label_store.LabelStore` first; what is not there is sent to the labeler,
 ``labeler.batch_size`` requests a call, ``labeler.max_concurrency`` calls at once; every answer is
 committed to the store before it is handed back. One :class:`RetryPolicy` governs every call: retries
 with exponential backoff inside a total deadline. A call past its deadline is abandoned (its thread
@@ -34,7 +34,7 @@ from vlm_reward_wrappers.labelers.base import (
     Query,
     check_goal,
 )
-from vlm_reward_wrappers.labels import LabelRecord, LabelStore, ScoreRecord, frame_hash, window_hash
+from vlm_reward_wrappers.label_store import LabelRecord, LabelStore, ScoreRecord, frame_hash, window_hash
 
 logger = logging.getLogger(__name__)
 

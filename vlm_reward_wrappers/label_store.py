@@ -1,5 +1,5 @@
-"""Label data: preference values, frame hashing, the durable label store (sqlite3) of preferences and
-window scores, and the preference training dataset. Knows no labeler."""
+"""The durable label store (sqlite3) of preferences and window scores, its records, preference values and
+frame hashing. Knows no labeler."""
 
 from __future__ import annotations
 
@@ -337,55 +337,3 @@ class LabelStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-class PreferenceDataset:
-    """Labelled pairs of reward-model inputs, ready for Bradley-Terry training.
-
-    Pairs answered -1 and pairs of identical inputs are dropped, as in RL-VLM-F.
-    The target of a pair is the probability that its second input is better: the preference itself
-    for hard labels, the labeler's soft label where it gave one and ``use_soft_labels`` is set.
-    """
-
-    def __init__(self, use_soft_labels: bool = False) -> None:
-        self.use_soft_labels = use_soft_labels
-        # Append-only arrays grown by doubling: rows below len(self) never change, so a snapshot is a view.
-        self._a: Optional[np.ndarray] = None
-        self._b: Optional[np.ndarray] = None
-        self._targets = np.empty(0, dtype=np.float32)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def add(self, input_a: np.ndarray, input_b: np.ndarray, preference: int, soft: Optional[float] = None) -> bool:
-        """Add a labelled pair; return whether it was kept."""
-        if preference == NO_PREFERENCE or np.array_equal(input_a, input_b):
-            return False
-        if self._a is None or self._n == len(self._a):
-            self._grow(np.asarray(input_a))
-        self._a[self._n], self._b[self._n] = input_a, input_b
-        self._targets[self._n] = float(soft) if (self.use_soft_labels and soft is not None) else float(preference)
-        self._n += 1
-        return True
-
-    def _grow(self, like: np.ndarray) -> None:
-        capacity = max(64, 2 * self._n)
-        grown = [np.empty((capacity, *like.shape), dtype=like.dtype) for _ in range(2)]
-        targets = np.empty(capacity, dtype=np.float32)
-        if self._a is not None:
-            grown[0][: self._n], grown[1][: self._n], targets[: self._n] = self.arrays()
-        self._a, self._b, self._targets = grown[0], grown[1], targets
-
-    def arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(inputs_a (N, ...), inputs_b (N, ...), targets (N,) float32), views of the stored pairs."""
-        if self._a is None:
-            raise ValueError("the dataset holds no labelled pair yet")
-        n = self._n
-        return self._a[:n], self._b[:n], self._targets[:n]
-
-    def snapshot(self) -> "PreferenceDataset":
-        """The dataset as it is now, without copying: pairs added later are not in it."""
-        frozen = PreferenceDataset(self.use_soft_labels)
-        frozen._a, frozen._b, frozen._targets, frozen._n = self._a, self._b, self._targets, self._n
-        return frozen

@@ -357,7 +357,7 @@ def run_one(
     algo_cls = getattr(stable_baselines3, config.algo)
     algo_kwargs = dict(config.algo_kwargs)
     if learned and config.algo in ("SAC", "TD3", "DQN"):
-        algo_kwargs["replay_buffer_class"] = RelabelingReplayBuffer
+        algo_kwargs.update(replay_buffer_class=RelabelingReplayBuffer, replay_buffer_kwargs=dict(wrapper=env))
     model = algo_cls("MlpPolicy", env, seed=seed, verbose=0, **algo_kwargs)
     started = time.perf_counter()
     model.learn(config.steps[size], callback=scorer)

@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder of offline_iql.json and offline_iql.md")
     args = parser.parse_args()
     args.seed = args.seeds[0]  # make_labeler's
-    # Small networks on 2 cores: one thread is several times faster (shared/notes/install.md).
+    # Small networks on 2 cores: one thread is several times faster (docs/performance.md).
     torch.set_num_threads(1)
     started = time.perf_counter()
     rows, datasets = run(args)

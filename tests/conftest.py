@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 import vlm_reward_wrappers  # noqa: E402,F401  (registers vlmrw/ ids)
 
-# Small networks on 2 cores: one thread is several times faster (shared/notes/install.md).
+# Small networks on 2 cores: one thread is several times faster (docs/performance.md).
 torch.set_num_threads(1)
 
 GOAL = "to balance the brown pole on the black cart to be upright"

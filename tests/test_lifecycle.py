@@ -54,7 +54,8 @@ env = VLMRewardWrapper(env, goal=GOAL, labeler=OracleLabeler(), config="quick", 
 if algo == "PPO":
     PPO("MlpPolicy", env, n_steps=256, seed=0).learn(steps)
 else:
-    SAC("MlpPolicy", env, replay_buffer_class=RelabelingReplayBuffer, seed=0).learn(steps)
+    SAC("MlpPolicy", env, replay_buffer_class=RelabelingReplayBuffer, replay_buffer_kwargs=dict(wrapper=env),
+        seed=0).learn(steps)
 if ending == "update-running":  # a long update starts just before the script ends
     trainer = env.learner.trainer
     trainer.wait()

@@ -2,7 +2,7 @@
 
 No model hub is reachable from the test machines, so the tests write their own weights: a 0.5 MB
 llama-architecture GGUF text model and a 0.1 MB LLaVA-1.5 ("mlp") vision projector with the `gguf`
-package (recipe and gotchas in shared/notes/local-vlm.md), and a few-layer open_clip model. Outputs
+package (what it must have: docs/contributing.md), and a few-layer open_clip model. Outputs
 are well-formed gibberish: enough to test loading, prompting, parsing and plumbing, not quality.
 """
 

@@ -33,7 +33,7 @@ def make_backend(args: argparse.Namespace):
 
     if args.labeler == "llama":
         if not (args.model_path and args.mmproj_path):
-            raise SystemExit("--labeler llama needs --model-path and --mmproj-path (GGUF files, see the README)")
+            raise SystemExit("--labeler llama needs --model-path and --mmproj-path (GGUF files, see the labelers page of the docs)")
         return backends.LlamaCppBackend(
             args.model_path, args.mmproj_path, chat_handler=args.chat_handler, n_ctx=args.n_ctx,
             n_threads=args.vlm_threads, n_threads_batch=args.vlm_threads, n_gpu_layers=args.n_gpu_layers,
@@ -96,7 +96,7 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     from vlm_reward_wrappers.evaluation import random_score
     from vlm_reward_wrappers.envs import goal_for
 
-    # Small networks on a few cores run several times faster on one thread (notes/install.md).
+    # Small networks on a few cores run several times faster on one thread (docs/performance.md).
     torch.set_num_threads(args.threads)
     goal = args.goal or goal_for(args.env)
     labeler = make_labeler(args)
@@ -108,7 +108,8 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     algo_cls = algorithm(args.algo)
     off_policy = issubclass(algo_cls, OffPolicyAlgorithm)
     # Off-policy updates wait for the first labels: before them the reward model is untrained noise.
-    algo_kwargs = dict(learning_starts=config.seed_steps, replay_buffer_class=RelabelingReplayBuffer) if off_policy else {}
+    algo_kwargs = dict(learning_starts=config.seed_steps, replay_buffer_class=RelabelingReplayBuffer,
+                       replay_buffer_kwargs=dict(wrapper=env)) if off_policy else {}
     model = algo_cls(CONTRIB_ALGOS.get(args.algo, "MlpPolicy"), env, seed=args.seed, verbose=0,
                      tensorboard_log=args.tensorboard_log, **algo_kwargs)
     started = time.perf_counter()

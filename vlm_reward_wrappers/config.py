@@ -33,7 +33,7 @@ class LearnerConfig:
     :param reward_image_size: side in pixels of the reward model's input frames.
     :param reward_net: the frame reward net: "cnn" (RL-VLM-F's small CNN, its MetaWorld and CartPole net) or
         "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and on
-        a CPU 9 times the CNN's training time: the cloth and rope presets keep the CNN, see the README).
+        a CPU 9 times the CNN's training time: the cloth and rope presets keep the CNN, see docs/options.md).
     :param ensemble_size: reward-model members; the reward is their mean.
     :param seed_steps: env steps before the first query (then the exploration, if any).
     :param exploration_steps: PEBBLE's unsupervised exploration: env steps after ``seed_steps`` before the
@@ -144,7 +144,7 @@ PRESETS: Dict[str, LearnerConfig] = {
     "cloth": LearnerConfig(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500,
                            epochs_per_update=25),
     # The rope's reward model reads its key points, not frames (RL-VLM-F's CNN): over 3 seeds the simulated
-    # VLM teacher reached 0.89-0.95 of the true reward that way against 0.16-0.31 on frames (the README).
+    # VLM teacher reached 0.89-0.95 of the true reward that way against 0.16-0.31 on frames (docs/benchmarks.md).
     "rope": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000,
                           epochs_per_update=30, reward_input="observation"),
     "quick": LearnerConfig(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=1000,

@@ -51,7 +51,7 @@ class RetryPolicy:
     :param backoff_s: delay before the first retry; it doubles on each retry.
     :param deadline_s: the most seconds one call may take, attempts and backoff together; a call still
         running then is abandoned and its requests dropped. A two-stage query to a CPU VLM takes
-        seconds to minutes (see the README): keep the deadline above that.
+        seconds to minutes (docs/labelers.md): keep the deadline above that.
     """
 
     max_retries: int = 2

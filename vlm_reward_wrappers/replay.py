@@ -97,8 +97,10 @@ class RelabelingReplayBuffer(ReplayBuffer):
     :param relabel_in_background: relabel beside training; False relabels inside :meth:`sample`.
     :param wrapper: the wrapped env the algorithm trains on (``replay_buffer_kwargs=dict(wrapper=env)``):
         its reward model is used, and the rewards it leaves to the buffer (``score_in_buffer=True``) are
-        scored here, in one batch per :meth:`sample`, before they can be drawn. Without it the model is
-        found from the steps' ``info``, and every reward is the one the step was given.
+        scored here, in one batch per :meth:`sample`, before they can be drawn. Pass it where you can.
+        Without it the model is found from the steps' ``info`` (for frameworks that name the buffer's
+        class before the env exists, such as RL Zoo's config files), and every reward is the one the
+        step was given.
     """
 
     def __init__(

@@ -3,7 +3,7 @@ the installed torch.
 
 torchvision 0.28.0 from PyPI is a CUDA build: on the CPU build of torch 2.13 its ``_C`` extension
 fails to load, and ``import torchvision`` raises ``RuntimeError: operator torchvision::nms does not
-exist`` while registering fake kernels for ops that were never defined (shared/notes/install.md).
+exist`` while registering fake kernels for ops that were never defined (docs/contributing.md).
 Defining the schemas of those ops first lets the import finish; transforms and models then work,
 torchvision's C++ ops (nms, roi_align, ...) do not, and nothing here uses them.
 """

@@ -116,7 +116,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     The env's own reward goes to ``info["gt_reward"]``; only the oracle teacher and the metrics read it.
     Observations, spaces and termination pass through unchanged; ``info`` keeps all it had and gains
-    the keys listed in the README.
+    the keys listed in docs/training.md.
 
     :param env: an env created with ``render_mode="rgb_array"``.
     :param goal: the task in words, e.g. "the pole is upright on the cart".

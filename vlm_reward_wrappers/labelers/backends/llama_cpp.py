@@ -100,7 +100,7 @@ class LlamaCppBackend(ChatBackend):
     """A local GGUF VLM through ``llama_cpp.Llama`` and a multimodal chat handler.
 
     One model runs one request at a time (``max_concurrency`` 1) and re-encodes every image on each
-    call, so a two-image query takes seconds to minutes on a CPU (see the README); run several in
+    call, so a two-image query takes seconds to minutes on a CPU (docs/labelers.md); run several in
     parallel behind a server and :class:`~vlm_reward_wrappers.labelers.backends.OpenAICompatibleBackend`.
 
     :param model_path: the language model's GGUF file.

@@ -57,7 +57,7 @@ class OpenAICompatibleBackend(ChatBackend):
     :param model: the model name the server knows (vLLM: the served name; llama.cpp: any).
     :param api_key_env: environment variable holding the API key, read at each request and sent as
         a Bearer token when set; the key itself is never an argument, stored or logged.
-    :param timeout_s: seconds to wait for one response (a CPU VLM needs minutes, see the README).
+    :param timeout_s: seconds to wait for one response (a CPU VLM needs minutes, docs/labelers.md).
     :param max_concurrency: requests in flight at once, over all servers (vLLM and ``llama-server
         --parallel`` batch them).
     :param cooldown_s: seconds a server that failed is skipped.

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from vlm_reward_wrappers.config import REWARD_NETS  # noqa: E402
 from vlm_reward_wrappers.envs import scripted  # noqa: E402
 from vlm_reward_wrappers.frames import resize_frame  # noqa: E402
-from vlm_reward_wrappers.label_store import PreferenceDataset  # noqa: E402
+from vlm_reward_wrappers.preference_dataset import PreferenceDataset  # noqa: E402
 from vlm_reward_wrappers.reward_model import BradleyTerryTrainer, RewardModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

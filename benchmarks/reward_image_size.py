@@ -50,7 +50,8 @@ SCRIPTS = {"cloth-fold": ("vlmrw/ClothFold-v0", scripted.fold_cloth),
 
 
 def scripted_frames(task: str, episodes: int, camera: Optional[str] = None):
-    """Rendered frames (N, H, W, 3), true rewards (N,) and episode numbers (N,) of a scripted policy with
+    """Rendered frames (N, H, W, 3), true rewards (N,), episode numbers (N,) and observations (N, D) of a
+    scripted policy with
     Gaussian action noise: MetaWorld's own policy (every 5th step of 500; seen by ``camera``, a MetaWorld
     camera name, or RL-VLM-F's when None) or this package's cloth-fold and rope scripts (every step; random
     actions once the script is done)."""
@@ -63,7 +64,7 @@ def scripted_frames(task: str, episodes: int, camera: Optional[str] = None):
         env = gym.make(f"vlmrw/MetaWorld-{task}-v0", render_mode="rgb_array", hide_robot=False, camera=camera)
         policy, script_of = scripted.metaworld_policy(task), None
         every, horizon = 5, 500
-    frames, rewards, episode = [], [], []
+    frames, rewards, episode, observations = [], [], [], []
     for ep in range(episodes):
         noise = NOISE[ep % len(NOISE)]
         obs, _ = env.reset(seed=ep)
@@ -82,10 +83,11 @@ def scripted_frames(task: str, episodes: int, camera: Optional[str] = None):
                 frames.append(env.render())
                 rewards.append(reward)
                 episode.append(ep)
+                observations.append(obs)
             if terminated or truncated:
                 break
     env.close()
-    return np.array(frames), np.array(rewards), np.array(episode)
+    return np.array(frames), np.array(rewards), np.array(episode), np.array(observations, dtype=np.float32)
 
 
 def pair_accuracy(predicted: np.ndarray, truth: np.ndarray, rng: np.random.Generator, pairs: int = 4000) -> float:
@@ -139,7 +141,7 @@ def main() -> None:
         parser.error("--camera is for MetaWorld tasks")
     torch.set_num_threads(1)
     episodes = args.episodes or {"cloth-fold": 600, "rope": 150}.get(args.task, 24)
-    frames, rewards, episode = scripted_frames(args.task, episodes, args.camera)
+    frames, rewards, episode, _ = scripted_frames(args.task, episodes, args.camera)
     print(f"{len(frames)} frames, true reward {rewards.min():.2f} to {rewards.max():.2f}", flush=True)
     path = RESULTS / "reward_image_size.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

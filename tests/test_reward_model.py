@@ -115,3 +115,28 @@ def test_augmentation_is_for_frames():
         LearnerConfig(reward_input="observation", augment_shift=4)
     with pytest.raises(ValueError, match="augment_shift shifts frames"):
         BradleyTerryTrainer(RewardModel("observation", (4,)), augment_shift=4)
+
+
+def test_uncertainty_penalty_pays_less_where_the_members_disagree_off_the_labelled_states():
+    # Labelled states vary only in their first coordinate (the true reward); states off them vary in the
+    # others, where the members, never taught, disagree. The penalty keeps those from out-earning the best
+    # labelled state, which is what a policy over-optimising the reward model would find.
+    rng = np.random.default_rng(0)
+    labelled = np.zeros((400, 4), np.float32)
+    labelled[:, 0] = rng.random(400)
+    off = np.zeros((2000, 4), np.float32)
+    off[:, 0], off[:, 1:] = rng.random(2000), rng.normal(0, 3, (2000, 3))
+    over_rewarded = {}
+    for penalty in (0.0, 1.0):
+        model = RewardModel("observation", (4,), seed=0, uncertainty_penalty=penalty)
+        data = PreferenceDataset()
+        for a, b in zip(labelled[::2], labelled[1::2]):
+            data.add(a, b, int(b[0] > a[0]))
+        trainer = BradleyTerryTrainer(model, epochs=30, seed=0)
+        for _ in range(3):
+            trainer.train(data)
+        rewards = model.fit_normalization(labelled)
+        assert np.corrcoef(rewards, labelled[:, 0])[0, 1] > 0.99  # the labelled states ranked as before
+        over_rewarded[penalty] = float((model.predict(off) > rewards.max()).mean())
+        assert RewardModel.from_state(model.state()).predict(off[:5]) == pytest.approx(model.predict(off[:5]))
+    assert over_rewarded[1.0] < over_rewarded[0.0] / 3 and over_rewarded[0.0] > 0.01

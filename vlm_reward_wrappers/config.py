@@ -35,6 +35,10 @@ class LearnerConfig:
         "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and on
         a CPU 9 times the CNN's training time: the cloth and rope presets keep the CNN, see docs/options.md).
     :param ensemble_size: reward-model members; the reward is their mean.
+    :param uncertainty_penalty: the reward is the members' mean less this many times their spread (each
+        member normalised on recent frames), so the agent is not paid where the members disagree, off the
+        labelled states a policy may over-optimise into (Coste et al., arXiv 2310.02743); 0 (RL-VLM-F) pays
+        the mean.
     :param seed_steps: env steps before the first query (then the exploration, if any).
     :param exploration_steps: PEBBLE's unsupervised exploration: env steps after ``seed_steps`` before the
         first query. Until then the reward is :class:`~vlm_reward_wrappers.exploration.StateEntropyReward` on
@@ -67,6 +71,7 @@ class LearnerConfig:
     """
 
     reward_input: str = "frame"
+    uncertainty_penalty: float = 0.0
     reward_image_size: int = 64
     reward_net: str = "cnn"
     ensemble_size: int = 3
@@ -114,6 +119,8 @@ class LearnerConfig:
                              f"({self.pairs_per_query}), or no batch could ever be sent")
         if not 0.0 < self.early_stop_accuracy <= 1.0:
             raise ValueError(f"early_stop_accuracy must be in (0, 1], got {self.early_stop_accuracy}")
+        if not self.uncertainty_penalty >= 0:
+            raise ValueError(f"uncertainty_penalty must be at least 0, got {self.uncertainty_penalty}")
         if not self.reward_lr > 0:
             raise ValueError(f"reward_lr must be positive, got {self.reward_lr}")
 

@@ -170,6 +170,7 @@ class RewardModel:
         normalize: bool = True,
         device: Union[str, torch.device] = "cpu",
         seed: Optional[int] = None,
+        uncertainty_penalty: float = 0.0,
     ) -> None:
         if reward_input not in ("frame", "observation"):
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {reward_input!r}")
@@ -181,6 +182,7 @@ class RewardModel:
         self.ensemble_size = ensemble_size
         self.reward_net = reward_net
         self.normalize = normalize
+        self.uncertainty_penalty = float(uncertainty_penalty)
         self.device = torch.device(device)
         if seed is not None:
             torch.manual_seed(seed)
@@ -195,6 +197,9 @@ class RewardModel:
             self.net = EnsembleMLP(ensemble_size, self.input_shape[0])
         self.net.to(self.device)
         self.mean, self.std = 0.0, 1.0
+        # Each member's own normalisation, for the spread of the members (uncertainty_penalty): a member's
+        # Bradley-Terry reward has an offset and scale of its own.
+        self.member_mean, self.member_std = np.zeros(ensemble_size), np.ones(ensemble_size)
         #: Number of weight changes so far (:meth:`weights_changed`); relabelling watches it change.
         self.version = 0
 
@@ -226,14 +231,26 @@ class RewardModel:
         return out.T
 
     def predict(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Reward of each input: normalised ensemble mean, (B, ...) -> (B,) float32."""
-        raw = self.member_rewards(inputs, batch_size).mean(axis=0)
+        """Reward of each input: the normalised ensemble mean (less ``uncertainty_penalty`` times the
+        members' spread), (B, ...) -> (B,) float32."""
+        raw = self._combined(self.member_rewards(inputs, batch_size))
         return ((raw - self.mean) / self.std).astype(np.float32)
+
+    def _combined(self, members: np.ndarray) -> np.ndarray:
+        """(E, B) member rewards -> (B,): their mean, or with a penalty, the mean less the penalty times
+        the spread of the members, each on its own normalisation."""
+        if not self.uncertainty_penalty:
+            return members.mean(axis=0)
+        z = (members - self.member_mean[:, None]) / self.member_std[:, None]
+        return z.mean(axis=0) - self.uncertainty_penalty * z.std(axis=0)
 
     def fit_normalization(self, inputs: np.ndarray) -> np.ndarray:
         """Set the normalisation so rewards of ``inputs`` have zero mean and unit variance (when
         ``normalize``); return those rewards, (B,) float32."""
-        raw = self.member_rewards(inputs).mean(axis=0)
+        members = self.member_rewards(inputs)
+        if self.normalize and len(inputs) >= 2:
+            self.member_mean, self.member_std = members.mean(axis=1), members.std(axis=1) + 1e-8
+        raw = self._combined(members)
         if self.normalize and len(inputs) >= 2:
             self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
         return ((raw - self.mean) / self.std).astype(np.float32)
@@ -246,6 +263,7 @@ class RewardModel:
         """Take ``other``'s weights and normalisation (a model of the same settings): a new version."""
         self.net.load_state_dict(other.net.state_dict())
         self.mean, self.std = other.mean, other.std
+        self.member_mean, self.member_std = other.member_mean.copy(), other.member_std.copy()
         self.weights_changed()
 
     def weights_changed(self) -> None:
@@ -256,10 +274,13 @@ class RewardModel:
         """Settings, weights, normalisation and version, as :meth:`save` writes them."""
         return {
             "config": dict(reward_input=self.reward_input, input_shape=self.input_shape,
-                           ensemble_size=self.ensemble_size, reward_net=self.reward_net, normalize=self.normalize),
+                           ensemble_size=self.ensemble_size, reward_net=self.reward_net, normalize=self.normalize,
+                           uncertainty_penalty=self.uncertainty_penalty),
             "state_dict": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
             "mean": self.mean,
             "std": self.std,
+            "member_mean": self.member_mean.tolist(),
+            "member_std": self.member_std.tolist(),
             "version": self.version,
         }
 
@@ -269,6 +290,8 @@ class RewardModel:
         model = cls(**state["config"], device=device)
         model.net.load_state_dict(state["state_dict"])
         model.mean, model.std, model.version = state["mean"], state["std"], state["version"]
+        if "member_mean" in state:  # files written before the penalty existed have none
+            model.member_mean, model.member_std = np.array(state["member_mean"]), np.array(state["member_std"])
         return model
 
     def save(self, path: Union[str, Path]) -> None:
@@ -416,18 +439,19 @@ def model_for_config(config: LearnerConfig, model: Optional[RewardModel] = None,
             raise ValueError("a learner on observations needs its model: pass reward_model=RewardModel('observation', (D,))")
         size = config.reward_image_size
         return RewardModel("frame", (size, size, 3), ensemble_size=config.ensemble_size, reward_net=config.reward_net,
-                           seed=seed)
+                           seed=seed, uncertainty_penalty=config.uncertainty_penalty)
     if not isinstance(model, RewardModel):
         raise TypeError(f"reward_model must be a RewardModel (e.g. RewardModel.load(path)), got {type(model).__name__}")
     mismatch = model.reward_input != config.reward_input or model.ensemble_size != config.ensemble_size or (
         model.reward_input == "frame" and (model.input_shape[0] != config.reward_image_size
-                                           or model.reward_net != config.reward_net))
+                                           or model.reward_net != config.reward_net)
+    ) or model.uncertainty_penalty != config.uncertainty_penalty
     if mismatch:
         raise ValueError(
             f"the reward_model given reads {model.reward_input} inputs of shape {model.input_shape} with "
-            f"{model.ensemble_size} members ({model.reward_net}), but the settings ask for {config.reward_input} "
-            f"inputs, reward_image_size {config.reward_image_size}, ensemble_size {config.ensemble_size} and "
-            f"reward_net {config.reward_net!r}: pass the model's own reward_input, reward_image_size, "
-            "ensemble_size and reward_net"
+            f"{model.ensemble_size} members ({model.reward_net}, uncertainty_penalty {model.uncertainty_penalty}), "
+            f"but the settings ask for {config.reward_input} inputs, reward_image_size {config.reward_image_size}, "
+            f"ensemble_size {config.ensemble_size}, reward_net {config.reward_net!r} and uncertainty_penalty "
+            f"{config.uncertainty_penalty}: pass the model's own settings"
         )
     return model

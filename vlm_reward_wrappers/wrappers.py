@@ -65,7 +65,8 @@ def _make_learner(
                          **{k: learner_kwargs.pop(k) for k in list(learner_kwargs) if k in fields})
     if reward_model is None and config.reward_input == "observation":
         reward_model = RewardModel("observation", (_observation_dim(observation_space),),
-                                   ensemble_size=config.ensemble_size, seed=seed)
+                                   ensemble_size=config.ensemble_size, seed=seed,
+                                   uncertainty_penalty=config.uncertainty_penalty)
     learner = PreferenceLearner(goal, labeler, config, reward_model=reward_model, seed=seed, **learner_kwargs)
     learner.resume()  # labels a previous run paid for: read back and trained on before the first step
     return learner

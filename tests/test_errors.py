@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import GOAL
+from fakes import FakeLabeler
 from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper, reward_model
-from vlm_reward_wrappers.labelers import Answer, InvalidAnswerError, Labeler
+from vlm_reward_wrappers.labelers import Answer, InvalidAnswerError
 
 
 def _cartpole():
@@ -87,16 +88,10 @@ def test_an_env_that_does_not_render_frames():
         VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0"), goal=GOAL, labeler=OracleLabeler())
 
 
-class Brighter(Labeler):
-    """Prefers the brighter frame."""
-
-    def compare(self, queries, goal):
-        return [Answer(int(q.frame_b.mean() > q.frame_a.mean())) for q in queries]
-
-
 def test_a_labeler_takes_plain_pairs_of_frames_and_says_what_else_to_pass():
+    brighter = FakeLabeler(answers=lambda queries: [Answer(int(q.frame_b.mean() > q.frame_a.mean())) for q in queries])
     dark, bright = np.full((8, 8, 3), 10, np.uint8), np.full((8, 8, 3), 200, np.uint8)
-    assert [a.preference for a in Brighter().label([(dark, bright), [bright, dark]], GOAL)] == [1, 0]
+    assert [a.preference for a in brighter.label([(dark, bright), [bright, dark]], GOAL)] == [1, 0]
     a, b = dark, bright
     with pytest.raises(TypeError, match=r"a query is a Query\(frame_a, frame_b\) or a pair \(frame_a, frame_b\)"):
         OracleLabeler().label([a], GOAL)
@@ -105,13 +100,10 @@ def test_a_labeler_takes_plain_pairs_of_frames_and_says_what_else_to_pass():
 
 
 def test_a_labeler_returning_the_wrong_number_of_answers_is_a_bug_in_it():
-    class TooMany(Labeler):
-        def compare(self, queries, goal):
-            return [Answer(0)] * (len(queries) + 1)
-
+    too_many = FakeLabeler(answers=lambda queries: [Answer(0)] * (len(queries) + 1))
     frame = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(InvalidAnswerError, match="returned 2 answers for 1 requests: a bug in the labeler"):
-        TooMany().label([(frame, frame)], GOAL)
+        too_many.label([(frame, frame)], GOAL)
     with pytest.raises(InvalidAnswerError, match="preference must be 0, 1 or -1, got 2"):
         Answer(2)
 

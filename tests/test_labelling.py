@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import GOAL
+from fakes import FakeLabeler
 from vlm_reward_wrappers import OracleLabeler, VLMRewardWrapper
 from vlm_reward_wrappers.labelers import Answer, LabelerRefusedError, Labeler, Query
 from vlm_reward_wrappers.labelling_service import LabellingService, PreferenceJob, RetryPolicy
@@ -20,34 +21,6 @@ def _jobs(n, seed=0):
                                 rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), 0.0, 1.0)) for _ in range(n)]
 
 
-class Hanging(Labeler):
-    """Never answers until released."""
-
-    def __init__(self):
-        self.started, self.release, self.calls = threading.Event(), threading.Event(), 0
-
-    def compare(self, queries, goal):
-        self.calls += 1
-        self.started.set()
-        self.release.wait()
-        return [Answer(1) for _ in queries]
-
-
-class Scripted(Labeler):
-    """Raises the errors it is given, one per call, then answers; all requests of a submit in one call."""
-
-    batch_size = 64
-
-    def __init__(self, errors=(), answers=None):
-        self.errors, self.answers, self.calls = list(errors), answers, 0
-
-    def compare(self, queries, goal):
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return self.answers(queries) if self.answers else [Answer(1) for _ in queries]
-
-
 def test_every_answer_is_committed_before_it_is_handed_back_and_a_stored_one_is_not_asked_again():
     store = LabelStore()
     service = LabellingService(OracleLabeler(), GOAL, store, asynchronous=False)
@@ -57,16 +30,15 @@ def test_every_answer_is_committed_before_it_is_handed_back_and_a_stored_one_is_
     assert [job for job, _ in delivered] == jobs and len(store) == 3
     for job, record in delivered:
         assert store.lookup(job.hash_a, job.hash_b, GOAL, record.labeler_id, record.prompt_version) == record
-    class Impostor(Scripted):  # the same labeler as far as the store can tell
-        labeler_id = OracleLabeler().labeler_id
-
-    again = LabellingService(Impostor(errors=[AssertionError("must not be called")]), GOAL, store, asynchronous=False)
+    # The fake answers as the oracle, under its labeler_id: the same labeler as far as the store can tell.
+    again = LabellingService(FakeLabeler(errors=[AssertionError("must not be called")]), GOAL, store,
+                             asynchronous=False)
     again.submit(jobs)
     assert again.counts["cached"] == 3 and again.labeler.calls == 0 and len(again.poll()) == 3
 
 
 def test_a_labeler_that_hangs_forever_is_abandoned_at_its_deadline_counted_and_training_goes_on():
-    labeler = Hanging()
+    labeler = FakeLabeler(blocked=True, batch_size=1)  # one query a call: each call hangs until released
     env = VLMRewardWrapper(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), goal=GOAL, labeler=labeler,
                            seed=0, seed_steps=5, query_every=5, pairs_per_query=2, max_pending=4,
                            retry=RetryPolicy(max_retries=3, backoff_s=0.0, deadline_s=1.0))
@@ -75,7 +47,7 @@ def test_a_labeler_that_hangs_forever_is_abandoned_at_its_deadline_counted_and_t
     for _ in range(6):
         env.step(env.action_space.sample())
     # The steps above returned while the labeler hangs: the env loop never waits on it.
-    assert labeler.started.wait(timeout=30) and env.learner.service.pending >= 1
+    assert labeler.entered.wait(timeout=30) and env.learner.service.pending >= 1
     assert env.learner.service.wait(timeout=30)  # abandoned at its 1 s deadline, not waited on for ever
     for _ in range(10):  # the env loop carries on; later batches meet the same fate
         env.step(env.action_space.sample())
@@ -89,11 +61,11 @@ def test_a_labeler_that_hangs_forever_is_abandoned_at_its_deadline_counted_and_t
 
 
 def test_a_failing_call_is_retried_with_backoff_then_dropped_and_counted():
-    service = LabellingService(Scripted(errors=[ConnectionError("down")] * 3), GOAL, LabelStore(),
+    service = LabellingService(FakeLabeler(errors=[ConnectionError("down")] * 3), GOAL, LabelStore(),
                                RetryPolicy(max_retries=2, backoff_s=0.0), asynchronous=False)
     service.submit(_jobs(2))
     assert service.counts["failed_calls"] == 3 and service.counts["dropped"] == 2 and service.poll() == []
-    recovering = LabellingService(Scripted(errors=[ConnectionError("blip")]), GOAL, LabelStore(),
+    recovering = LabellingService(FakeLabeler(errors=[ConnectionError("blip")]), GOAL, LabelStore(),
                                   RetryPolicy(max_retries=2, backoff_s=0.0), asynchronous=False)
     recovering.submit(_jobs(2))
     assert recovering.counts["failed_calls"] == 1 and len(recovering.poll()) == 2
@@ -101,7 +73,7 @@ def test_a_failing_call_is_retried_with_backoff_then_dropped_and_counted():
 
 
 def test_a_refusal_is_not_retried():
-    labeler = Scripted(errors=[LabelerRefusedError("HTTP 401")])
+    labeler = FakeLabeler(errors=[LabelerRefusedError("HTTP 401")])
     service = LabellingService(labeler, GOAL, LabelStore(), RetryPolicy(max_retries=5, backoff_s=0.0),
                                asynchronous=False)
     service.submit(_jobs(1))
@@ -114,7 +86,7 @@ def test_a_refusal_is_not_retried():
     lambda queries: [Answer(7) for _ in queries],  # out of range: raised inside the labeler
 ])
 def test_invalid_answers_are_a_labeler_bug_reported_once_dropped_and_never_retried(bad, caplog):
-    labeler = Scripted(answers=bad)
+    labeler = FakeLabeler(answers=bad, batch_size=64)  # all requests of a submit in one call
     service = LabellingService(labeler, GOAL, LabelStore(), RetryPolicy(max_retries=5, backoff_s=0.0),
                                asynchronous=False)
     with caplog.at_level(logging.ERROR, logger="vlm_reward_wrappers.labelling"):
@@ -126,7 +98,7 @@ def test_invalid_answers_are_a_labeler_bug_reported_once_dropped_and_never_retri
 
 
 def test_calls_fan_out_up_to_the_labelers_concurrency():
-    class Concurrent(Labeler):
+    class Concurrent(Labeler):  # kept: a barrier that opens only once three calls run at once
         batch_size, max_concurrency = 1, 3
 
         def __init__(self):

@@ -9,6 +9,7 @@ import gymnasium as gym
 import pytest
 
 from conftest import GOAL
+from fakes import FakeLabeler
 from vlm_reward_wrappers.audit import audit, write_report
 from vlm_reward_wrappers.cli import main
 from vlm_reward_wrappers.labelers import OracleLabeler, SimulatedVLMLabeler
@@ -67,11 +68,8 @@ def test_cli_audit_writes_the_report(tmp_path, capsys):
 def test_the_report_shows_each_frame_at_the_size_the_labeler_was_sent_it(tmp_path):
     from browser import open_browser, screenshot
 
-    class Shown360(OracleLabeler):
-        query_image_size = 360
-
     env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
-    result = audit(env, GOAL, Shown360(), n_pairs=4, seed=0)
+    result = audit(env, GOAL, FakeLabeler(query_image_size=360), n_pairs=4, seed=0)
     env.close()
     assert result.items[0]["frame_size"] == [360, 240]  # 600 x 400 rendered, shrunk to the labeler's 360
     page = write_report(result, tmp_path / "audit")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import GOAL, rollout_frames
+from fakes import FakeLabeler
 from vlm_reward_wrappers import (
     PRESETS,
     BackgroundTrainer,
@@ -19,7 +20,6 @@ from vlm_reward_wrappers import (
     RewardModel,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.label_store import frame_hash
 
 
 class BlockedTrainer(BradleyTerryTrainer):
@@ -130,14 +130,8 @@ def test_save_and_load_resume_the_schedule_and_send_no_stored_query(tmp_path):
     env.close()
     assert before["queries_issued"] == 12 and before["reward_model/updates"] == 2
 
-    class Recording(OracleLabeler):
-        asked = []
-
-        def compare(self, queries, goal):
-            Recording.asked += [frozenset((frame_hash(q.frame_a), frame_hash(q.frame_b))) for q in queries]
-            return super().compare(queries, goal)
-
-    resumed = VLMRewardWrapper.load(saved, gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), Recording(),
+    recording = FakeLabeler()  # the oracle, recording the queries it answers
+    resumed = VLMRewardWrapper.load(saved, gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"), recording,
                                     asynchronous=False)
     learner = resumed.learner
     np.testing.assert_allclose(learner.reward_model.predict(frames), scores, atol=1e-6)  # the same model
@@ -147,11 +141,11 @@ def test_save_and_load_resume_the_schedule_and_send_no_stored_query(tmp_path):
     resumed.reset(seed=5)
     for _ in range(9):  # the next query is due at step 80, ten steps in: the schedule goes on, not over
         resumed.step(resumed.action_space.sample())
-    assert learner.queries_issued == 12 and not Recording.asked
+    assert learner.queries_issued == 12 and not recording.answered
     for _ in range(11):
         resumed.step(resumed.action_space.sample())
-    assert 12 < learner.queries_issued <= 18 and len(Recording.asked) == learner.queries_issued - 12
-    assert not set(Recording.asked) & stored  # nothing answered before is asked again
+    assert 12 < learner.queries_issued <= 18 and len(recording.answered) == learner.queries_issued - 12
+    assert not set(recording.answered_pairs()) & stored  # nothing answered before is asked again
     resumed.close()
 
 

@@ -1,15 +1,13 @@
-import threading
-
 import numpy as np
 import pytest
 
 from conftest import GOAL, rollout_frames
+from fakes import FakeLabeler
 from vlm_reward_wrappers import (
     Answer,
     DisagreementSampler,
     EntropySampler,
     FrameBuffer,
-    Labeler,
     LabelStore,
     OracleLabeler,
     PreferenceLearner,
@@ -20,20 +18,6 @@ from vlm_reward_wrappers import (
 )
 from vlm_reward_wrappers.labelling_service import RetryPolicy
 from vlm_reward_wrappers.label_store import frame_hash
-
-
-class FailingLabeler(Labeler):
-    """Raises on its first ``failures`` calls, then answers like the oracle."""
-
-    def __init__(self, failures=10**9):
-        self.failures, self.calls = failures, 0
-        self.oracle = OracleLabeler()
-
-    def compare(self, queries, goal):
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise ConnectionError("VLM server is down")
-        return self.oracle.label(queries, goal)
 
 
 def _learner(labeler, **kwargs):
@@ -52,24 +36,8 @@ def frames():
     return rollout_frames("vlmrw/CartPoleAngle-v0", 120)
 
 
-class BlockedLabeler(Labeler):
-    """Answers like the oracle, but only once ``release`` is set: until then each call waits inside."""
-
-    def __init__(self):
-        self.oracle = OracleLabeler()
-        self.entered, self.release = threading.Event(), threading.Event()
-        self.answered = 0
-
-    def compare(self, queries, goal):
-        self.entered.set()
-        if not self.release.wait(timeout=30):  # a step waits for this answer: fail, but do not hang
-            self.release.set()
-        self.answered += len(queries)
-        return self.oracle.label(queries, goal)
-
-
 def test_slow_labeler_never_blocks_a_step(frames):
-    labeler = BlockedLabeler()
+    labeler = FakeLabeler(blocked=True, batch_size=1)  # answers as the oracle once released, one query a call
     learner = PreferenceLearner(GOAL, labeler, reward_model=RewardModel("frame", (64, 64, 3), seed=0), seed_steps=20,
                                 query_every=10, pairs_per_query=8, seed=0)
     frames_, rewards = frames
@@ -78,21 +46,21 @@ def test_slow_labeler_never_blocks_a_step(frames):
         if t == 29:  # the first batch went out at step 20: the labeler is now stuck inside its call...
             assert labeler.entered.wait(timeout=30)
     # ...and all 120 steps completed while it was, with every query still pending.
-    assert learner.num_timesteps == len(frames_) and labeler.answered == 0
+    assert learner.num_timesteps == len(frames_) and len(labeler.answered) == 0
     m = learner.metrics
     assert m["queue_length"] == m["queries_issued"] > 0 and m["queries_answered"] == 0
     assert m["labels_used"] == 0 and learner.reward_model.version == 0
     labeler.release.set()
     assert learner.flush(timeout=30)
     m = learner.metrics
-    assert labeler.answered == m["queries_answered"] > 0 and m["queue_length"] == m["queries_dropped"] == 0
+    assert len(labeler.answered) == m["queries_answered"] > 0 and m["queue_length"] == m["queries_dropped"] == 0
     assert m["queries_answered"] + m["queries_cached"] == m["queries_issued"]
     assert m["labels_used"] > 0 and learner.reward_model.version >= 1
     learner.close()
 
 
 def test_failing_labeler_is_retried_then_dropped_and_counted(frames):
-    labeler = FailingLabeler()
+    labeler = FakeLabeler(errors=ConnectionError("VLM server is down"), batch_size=1)  # always down, one query a call
     learner = _learner(labeler, retry=RetryPolicy(max_retries=2, backoff_s=0.0))
     _feed(learner, *frames)
     learner.flush(timeout=30)
@@ -104,7 +72,8 @@ def test_failing_labeler_is_retried_then_dropped_and_counted(frames):
 
 
 def test_labeler_that_recovers_gets_its_labels_used(frames):
-    learner = _learner(FailingLabeler(failures=1), retry=RetryPolicy(max_retries=1, backoff_s=0.0))
+    labeler = FakeLabeler(errors=[ConnectionError("VLM server is down")], batch_size=1)  # fails once, then answers
+    learner = _learner(labeler, retry=RetryPolicy(max_retries=1, backoff_s=0.0))
     _feed(learner, *frames)
     learner.flush(timeout=30)
     m = learner.metrics
@@ -116,7 +85,8 @@ def test_labeler_that_recovers_gets_its_labels_used(frames):
 def test_failing_labeler_does_not_stop_sb3_training(cartpole):
     from stable_baselines3 import PPO
 
-    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=FailingLabeler(), seed=0, seed_steps=32, query_every=32,
+    labeler = FakeLabeler(errors=ConnectionError("VLM server is down"), batch_size=1)
+    env = VLMRewardWrapper(cartpole, goal=GOAL, labeler=labeler, seed=0, seed_steps=32, query_every=32,
                            pairs_per_query=4, retry=RetryPolicy(backoff_s=0.0))
     PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0).learn(256)
     env.learner.flush(timeout=10)
@@ -170,20 +140,14 @@ def test_restart_with_the_same_store_resumes_labels_and_repeats_no_query(frames,
 
     answered = {frozenset((r.hash_a, r.hash_b)) for r in LabelStore(path).records()}
 
-    class CountingOracle(OracleLabeler):
-        asked = []
-
-        def compare(self, queries, goal):
-            CountingOracle.asked += [frozenset((frame_hash(q.frame_a), frame_hash(q.frame_b))) for q in queries]
-            return super().compare(queries, goal)
-
-    second = _learner(CountingOracle(), label_store=LabelStore(path), asynchronous=False, feedback_budget=80)
+    counting = FakeLabeler()  # the oracle, recording the queries it answers
+    second = _learner(counting, label_store=LabelStore(path), asynchronous=False, feedback_budget=80)
     assert second.reward_model.version == 0 and second.resume() == len(answered)  # explicit, not in the constructor
     m = second.metrics
     assert m["labels_used"] == used > 0 and m["labels_resumed"] == len(answered) == m["queries_issued"]
     assert second.reward_model.version == 1  # trained on the resumed labels at start
     _feed(second, *frames)  # the same frames: the rest of the budget goes to pairs not answered yet
-    assert CountingOracle.asked and not set(CountingOracle.asked) & answered
+    assert counting.answered and not set(counting.answered_pairs()) & answered
     assert second.metrics["queries_issued"] == 80
     second.close()
 

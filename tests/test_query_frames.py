@@ -6,29 +6,16 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from conftest import GOAL
+from fakes import FakeLabeler
 from vlm_reward_wrappers import FrameInfoWrapper, OracleLabeler, PreferenceLearner, RewardModel, VLMRewardVecEnvWrapper
 from vlm_reward_wrappers.frames import QueryFrameStore, resize_longer_side
-from vlm_reward_wrappers.labelers import Labeler
-
-
-class Recording(Labeler):
-    """Answers like the oracle and records the shape of every frame it is shown."""
-
-    batch_size = 64
-
-    def __init__(self, query_image_size):
-        self.query_image_size, self.shapes, self.oracle = query_image_size, [], OracleLabeler()
-
-    def compare(self, queries, goal):
-        self.shapes += [q.frame_a.shape for q in queries] + [q.frame_b.shape for q in queries]
-        return self.oracle.compare(queries, goal)
 
 
 @pytest.mark.parametrize("requested, expected", [(256, (171, 256, 3)), (1024, (400, 600, 3))])
 def test_query_frames_from_subprocess_workers_are_at_the_labelers_size_never_enlarged(requested, expected):
     venv = make_vec_env("vlmrw/CartPoleAngle-v0", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
                         wrapper_class=FrameInfoWrapper, env_kwargs={"render_mode": "rgb_array"})
-    labeler = Recording(requested)
+    labeler = FakeLabeler(query_image_size=requested)  # the oracle, recording the queries it answers
     env = VLMRewardVecEnvWrapper(venv, goal=GOAL, labeler=labeler, seed=0, seed_steps=60, query_every=60,
                                  pairs_per_query=10, query_frame_every=2, asynchronous=False)
     env.reset()
@@ -37,7 +24,8 @@ def test_query_frames_from_subprocess_workers_are_at_the_labelers_size_never_enl
     stored = [env.learner.store.frame(r.hash_a) for r in env.learner.store.records()]
     env.close()
     # 600x400 renders: shrunk to the requested longer side, or sent as rendered, never enlarged.
-    assert labeler.shapes and set(labeler.shapes) == {expected}
+    shapes = [q.frame_a.shape for q in labeler.answered] + [q.frame_b.shape for q in labeler.answered]
+    assert shapes and set(shapes) == {expected}
     assert env.learner.buffer.frames.shape[1:] == (64, 64, 3)  # the reward model keeps its 64 px input
     # The store keeps what the labeler saw, and beside it the reward model's input.
     assert stored and all(frame.shape == expected and reward_input.shape == (64, 64, 3) for frame, reward_input in stored)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import GOAL, rollout_frames
-from vlm_reward_wrappers.labelers import Answer, Labeler, OracleLabeler, Query
+from fakes import FakeLabeler
+from vlm_reward_wrappers.labelers import Answer, OracleLabeler, Query
 from vlm_reward_wrappers.labelers.simulated_vlm import SimulatedVLMLabeler
 from vlm_reward_wrappers.labelers.swap import SwapConsistentLabeler
 
@@ -54,19 +55,11 @@ def test_swap_consistency_measures_a_known_position_bias(cartpole_pairs):
 
 
 def test_swap_consistency_asks_both_orders_and_keeps_agreeing_answers():
-    class FirstAlways(Labeler):
-        """Always says image 1: pure position bias."""
-
-        asked = 0
-
-        def compare(self, queries, goal):
-            FirstAlways.asked += len(queries)
-            return [Answer(0, raw="one") for _ in queries]
-
+    first_always = FakeLabeler(answers=lambda queries: [Answer(0, raw="one") for _ in queries])  # pure position bias
     frame_a, frame_b = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8, 3), np.uint8)
-    biased = SwapConsistentLabeler(FirstAlways())
+    biased = SwapConsistentLabeler(first_always)
     [answer] = biased.label([(frame_a, frame_b)], GOAL)
-    assert FirstAlways.asked == 2 and answer.preference == -1 and "[swapped order] one" in answer.raw
+    assert len(first_always.answered) == 2 and answer.preference == -1 and "[swapped order] one" in answer.raw
     assert biased.metrics["position_bias"] == 1.0 and biased.metrics["swap_inconsistency_rate"] == 1.0
     honest = SwapConsistentLabeler(OracleLabeler())
     [answer] = honest.label([Query(frame_a, frame_b, 0.0, 1.0)], GOAL)

@@ -21,7 +21,8 @@ from vlm_reward_wrappers.label_store import frame_hash
 REPO = Path(__file__).resolve().parents[1]
 
 # One training run in a subprocess: random actions (seeded, so both runs see the same frames), the
-# simulated teacher logging every query it is asked, a store reporting every commit on stdout.
+# simulated teacher logging every query it is asked, a store reporting every commit on stdout. (The
+# teacher is not a shared fake: what it was asked must be in a file that outlives the SIGKILL.)
 CHILD = r"""
 import json, os, sys
 import torch

@@ -16,13 +16,13 @@ pytest.importorskip("minari")
 import minari  # noqa: E402
 
 from conftest import GOAL  # noqa: E402
+from fakes import FakeScoreLabeler  # noqa: E402
 from offline_data import assert_same_data_but_rewards, cartpole_dataset, minari_home  # noqa: E402,F401  (autouse)
 from vlm_reward_wrappers.cli import main  # noqa: E402
 from vlm_reward_wrappers.labelers import (  # noqa: E402
     ChatScoreLabeler,
     OracleLabeler,
     OracleScoreLabeler,
-    ScoreLabeler,
     WindowScores,
 )
 from vlm_reward_wrappers.labelers.backends import ChatBackend  # noqa: E402
@@ -37,21 +37,6 @@ from vlm_reward_wrappers.offline import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class CountingOracle(OracleScoreLabeler):
-    """The scripted score labeler, counting the windows it is asked and failing on request."""
-
-    def __init__(self, *args, fail_on_call=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls, self.asked, self.fail_on_call = 0, [], fail_on_call
-
-    def score(self, windows, goal):
-        self.calls += 1
-        if self.calls == self.fail_on_call:
-            raise ConnectionError("the VLM server went away")
-        self.asked += [w.frames.tobytes() for w in windows]
-        return super().score(windows, goal)
 
 
 # ----------------------------------------------------------------------------------------- scores
@@ -112,17 +97,12 @@ def test_chat_score_labeler_asks_both_stages_with_every_frame_and_action():
     assert list(answer.scores) == [4, 5, 6] and single.prompt_version == "rgvlm-single-stage-v1"
 
 
-class GarbageLabeler(ScoreLabeler):
-    """Answers nothing readable: wrong lengths, NaN, text without scores."""
-
-    def score_windows(self, windows, goal):
-        return [WindowScores(np.array([5.0]) if i % 2 else np.full(len(w), np.nan), raw="ddd\u0246")
-                for i, w in enumerate(windows)]
-
-
 def test_unreadable_answers_are_counted_and_filled_never_raised():
     dataset = cartpole_dataset(n_episodes=2, horizon=6)
-    scorer = WindowScorer(GarbageLabeler(), GOAL, window_size=2)
+    garbage = FakeScoreLabeler(answers=lambda windows: [  # nothing readable: wrong lengths, NaN, text without scores
+        WindowScores(np.array([5.0]) if i % 2 else np.full(len(w), np.nan), raw="ddd\u0246")
+        for i, w in enumerate(windows)])
+    scorer = WindowScorer(garbage, GOAL, window_size=2)
     scores = scorer.score(dataset)
     assert all(np.isnan(s).all() for s in scores)
     assert scorer.metrics["unscored"] == scorer.metrics["transitions"] == 12 and scorer.metrics["windows"] == 6
@@ -148,34 +128,36 @@ def test_a_failed_run_resumes_without_asking_any_window_twice_and_ends_with_the_
     expected = WindowScorer(OracleScoreLabeler(dataset.gt_reward_range, noise_std=2.0), GOAL, window_size=3).score(dataset)
 
     store = LabelStore(tmp_path / "labels.sqlite")
-    first = CountingOracle(dataset.gt_reward_range, noise_std=2.0, fail_on_call=4)
-    first.batch_size = 2
+    # Two windows a call; the fourth call fails.
+    first = FakeScoreLabeler(OracleScoreLabeler(dataset.gt_reward_range, noise_std=2.0), batch_size=2,
+                             errors=[None, None, None, ConnectionError("the VLM server went away")])
     with pytest.raises(ConnectionError):
         WindowScorer(first, GOAL, store, window_size=3, retry=RetryPolicy(max_retries=0)).score(dataset)
     store.close()
-    assert len(first.asked) == 6  # three calls of two windows answered, then the server went away
+    assert len(first.answered) == 6  # three calls of two windows answered, then the server went away
 
     store = LabelStore(tmp_path / "labels.sqlite")
-    second = CountingOracle(dataset.gt_reward_range, noise_std=2.0)
+    second = FakeScoreLabeler(OracleScoreLabeler(dataset.gt_reward_range, noise_std=2.0))
     scorer = WindowScorer(second, GOAL, store, window_size=3)
     scores = scorer.score(dataset)
     windows = scorer.metrics["windows"]
-    assert windows == 12 and scorer.metrics["cached"] == 6 and len(second.asked) == windows - 6
-    assert not set(first.asked) & set(second.asked)
+    assert windows == 12 and scorer.metrics["cached"] == 6 and len(second.answered) == windows - 6
+    assert not set(first.answered_windows()) & set(second.answered_windows())
     for got, want in zip(scores, expected):
         np.testing.assert_array_equal(got, want)
 
 
 def test_a_labeler_failing_once_is_retried(tmp_path):
     dataset = cartpole_dataset(n_episodes=1, horizon=4)
-    labeler = CountingOracle(dataset.gt_reward_range, fail_on_call=1)
+    labeler = FakeScoreLabeler(OracleScoreLabeler(dataset.gt_reward_range), errors=[ConnectionError("the VLM server went away")])
     scorer = WindowScorer(labeler, GOAL, window_size=2, retry=RetryPolicy(backoff_s=0.0))
     assert not np.isnan(scorer.score(dataset)[0]).any()
     assert scorer.metrics["failed_calls"] == 1 and labeler.calls == 2
 
 
 # One labelling run in a subprocess: the scripted labeler logs every window it answers and, on
-# request, SIGKILLs its own process when asked its k-th batch.
+# request, SIGKILLs its own process when asked its k-th batch. (Not a shared fake: what it answered
+# must be in a file that outlives the SIGKILL.)
 CHILD = r"""
 import os, signal, sys
 from vlm_reward_wrappers.label_store import LabelStore, frame_hash

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import GOAL
+from fakes import FakeLabeler
 from vlm_reward_wrappers import (
     BackgroundTrainer,
     BradleyTerryTrainer,
@@ -77,26 +78,17 @@ if __name__ == "__main__":
         venv.close()
 """
 
-#: A labeler that answers in 2 s a call and fails every other call, writing to a file store.
-SLOW_LABELER_RUN = PREAMBLE + """
-import time
+#: A labeler that answers as the oracle in 2 s a call and fails every other call, writing to a file store.
+SLOW_LABELER_RUN = PREAMBLE + f"""
+import itertools
+sys.path.insert(0, {str(Path(__file__).parent)!r})  # the shared fakes
+from fakes import FakeLabeler
 
-class SlowFlakyLabeler(OracleLabeler):
-    batch_size, max_concurrency = 5, 2
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def compare(self, queries, goal):
-        self.calls += 1
-        time.sleep(2.0)
-        if self.calls % 2:
-            raise ConnectionError("the server dropped the connection")
-        return super().compare(queries, goal)
-
+labeler = FakeLabeler(delay_s=2.0, errors=itertools.cycle([ConnectionError("the server dropped the connection"), None]),
+                      batch_size=5, max_concurrency=2)
+""" + """
 env = gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array")
-env = VLMRewardWrapper(env, goal=GOAL, labeler=SlowFlakyLabeler(), config="quick", seed=0,
+env = VLMRewardWrapper(env, goal=GOAL, labeler=labeler, config="quick", seed=0,
                        label_store=LabelStore(sys.argv[1]), seed_steps=100, query_every=200)
 print("training", flush=True)
 PPO("MlpPolicy", env, n_steps=256, seed=0).learn(100_000)
@@ -198,20 +190,6 @@ def test_the_cli_stops_on_a_signal_with_one_line_and_its_labels_kept(tmp_path, s
 
 
 # ----------------------------------------------------------------------------------- in-process parts
-class _SlowLabeler(OracleLabeler):
-    """Answers after ``delay_s``; one call at a time, one query a call."""
-
-    batch_size, max_concurrency = 1, 1
-
-    def __init__(self, delay_s: float):
-        super().__init__()
-        self.delay_s = delay_s
-
-    def compare(self, queries, goal):
-        time.sleep(self.delay_s)
-        return super().compare(queries, goal)
-
-
 def _jobs(n: int):
     rng = np.random.default_rng(0)
     return [PreferenceJob(Query(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
@@ -221,7 +199,7 @@ def _jobs(n: int):
 
 def test_close_commits_an_answer_arriving_within_its_grace_and_abandons_the_rest(caplog):
     store = LabelStore()
-    service = LabellingService(_SlowLabeler(1.0), GOAL, store, RetryPolicy(deadline_s=600))
+    service = LabellingService(FakeLabeler(delay_s=1.0, batch_size=1), GOAL, store, RetryPolicy(deadline_s=600))
     service.submit(_jobs(3))  # one call in flight, two queued
     time.sleep(0.2)
     started = time.monotonic()
@@ -237,7 +215,7 @@ def test_close_commits_an_answer_arriving_within_its_grace_and_abandons_the_rest
 
 def test_close_abandons_a_call_past_its_grace_without_waiting_for_the_deadline():
     store = LabelStore()
-    service = LabellingService(_SlowLabeler(30.0), GOAL, store, RetryPolicy(deadline_s=600))
+    service = LabellingService(FakeLabeler(delay_s=30.0, batch_size=1), GOAL, store, RetryPolicy(deadline_s=600))
     service.submit(_jobs(1))
     time.sleep(0.2)
     started = time.monotonic()
@@ -248,11 +226,7 @@ def test_close_abandons_a_call_past_its_grace_without_waiting_for_the_deadline()
 
 
 def test_close_stops_retrying_a_failing_labeler_at_once():
-    class Failing(OracleLabeler):
-        def compare(self, queries, goal):
-            raise ConnectionError("down")
-
-    service = LabellingService(Failing(), GOAL, LabelStore(), RetryPolicy(max_retries=5, backoff_s=30, deadline_s=600))
+    service = LabellingService(FakeLabeler(errors=ConnectionError("down")), GOAL, LabelStore(), RetryPolicy(max_retries=5, backoff_s=30, deadline_s=600))
     service.submit(_jobs(1))
     time.sleep(0.3)  # the first attempt failed: it is backing off for 30 s
     started = time.monotonic()

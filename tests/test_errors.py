@@ -8,7 +8,7 @@ import pytest
 
 from conftest import GOAL
 from fakes import FakeLabeler
-from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper, reward_model
+from vlm_reward_wrappers import LabelStore, LearnerConfig, OracleLabeler, RewardModel, VLMRewardWrapper, reward_nets
 from vlm_reward_wrappers.labelers import Answer, InvalidAnswerError
 
 
@@ -114,7 +114,7 @@ def test_a_reward_model_that_does_not_match_the_wrapper():
         VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=model)
     VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=model, reward_image_size=48)
     resnet = RewardModel("frame", (64, 64, 3), ensemble_size=1, reward_net="resnet18", seed=0)
-    with pytest.raises(ValueError, match=r"\(resnet18\), but the settings ask .* reward_net 'cnn'"):
+    with pytest.raises(ValueError, match=r"\(resnet18, uncertainty_penalty 0.0\), but the settings ask .* reward_net 'cnn'"):
         VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=resnet, ensemble_size=1)
     VLMRewardWrapper(_cartpole(), goal=GOAL, labeler=OracleLabeler(), reward_model=resnet, ensemble_size=1,
                      reward_net="resnet18")
@@ -133,7 +133,7 @@ def test_the_resnet_reward_net_without_torchvision(monkeypatch):
     def missing():
         raise ModuleNotFoundError("No module named 'torchvision'")
 
-    monkeypatch.setattr(reward_model, "import_torchvision", missing)
+    monkeypatch.setattr(reward_nets, "import_torchvision", missing)
     with pytest.raises(ImportError, match=r"reward_net='resnet18' needs torchvision: pip install 'vlm-reward-wrappers\[resnet\]'"):
         RewardModel("frame", (64, 64, 3), reward_net="resnet18")
 

@@ -257,22 +257,43 @@ FULL_SOURCES = ("true", "oracle", "realistic-0.75", "mistake-0.2")
 
 
 def simulated_labeler(source: str, seed: int) -> Labeler:
-    """The simulated teacher of a reward source: "oracle", "mistake-<rate>" (uniform flips) or
-    "realistic-<accuracy>" (:class:`~vlm_reward_wrappers.labelers.SimulatedVLMLabeler`: errs like a VLM)."""
-    from vlm_reward_wrappers.labelers import OracleLabeler, SimulatedVLMLabeler
+    """The simulated teacher of a reward source: "oracle", "mistake-<rate>" (uniform flips),
+    "realistic-<accuracy>" (:class:`~vlm_reward_wrappers.labelers.SimulatedVLMLabeler`: errs like a VLM), or
+    "swap-<source>" (that teacher asked each pair both ways round, :class:`SwapConsistentLabeler`)."""
+    from vlm_reward_wrappers.labelers import OracleLabeler, SimulatedVLMLabeler, SwapConsistentLabeler
 
+    if source.startswith("swap-"):
+        return SwapConsistentLabeler(simulated_labeler(source[len("swap-"):], seed))
     if source == "oracle":
         return OracleLabeler(seed=seed)
     if source.startswith("mistake-"):
         return OracleLabeler(mistake_rate=float(source.split("-", 1)[1]), seed=seed)
     if source.startswith("realistic-"):
         return SimulatedVLMLabeler(target_accuracy=float(source.split("-", 1)[1]), seed=seed)
-    raise ValueError(f"{source!r} is not a simulated teacher: use 'oracle', 'mistake-<rate>' or 'realistic-<accuracy>'")
+    raise ValueError(f"{source!r} is not a simulated teacher: use 'oracle', 'mistake-<rate>', 'realistic-<accuracy>' "
+                     "or 'swap-' before one of them")
 
 
 def is_simulated(source: str) -> bool:
     """Whether a reward source is the true reward or a simulated teacher (no labeler to supply)."""
+    source = source[len("swap-"):] if source.startswith("swap-") else source
     return source in TRUE_SOURCES + ("oracle",) or source.startswith(("mistake-", "realistic-"))
+
+
+def asks_per_query(source: str) -> int:
+    """Labeler calls a query costs: two where each pair is asked both ways round."""
+    return 2 if source.startswith("swap-") else 1
+
+
+def learner_settings(config: TaskConfig, source: str, size: str) -> dict:
+    """The task's learner settings for ``source``: a swap teacher gets half the pairs, so both asks of a
+    pair count against the task's query budget."""
+    settings = dict(config.learner[size])
+    if asks_per_query(source) > 1:
+        full = make_config(**settings)
+        settings.update(pairs_per_query=max(1, full.pairs_per_query // 2),
+                        feedback_budget=full.feedback_budget // 2)
+    return settings
 
 
 class TrueScoreCallback(BaseCallback):
@@ -359,7 +380,7 @@ def run_one(
         simulated = labeler is None
         labeler = simulated_labeler(source, seed) if simulated else labeler
         env = VLMRewardWrapper(env, goal=goal_for(config.env_id), labeler=labeler, seed=seed,
-                               asynchronous=not simulated, **config.learner[size])
+                               asynchronous=not simulated, **learner_settings(config, source, size))
     eval_env = gym.make(config.env_id, **config.env_kwargs)
     scorer = TrueScoreCallback(eval_env, config.eval_every[size], config.eval_episodes, config.metric)
     algo_cls = getattr(stable_baselines3, config.algo)
@@ -384,7 +405,8 @@ def run_one(
         metrics = env.learner.metrics
         accuracy = metrics["label_accuracy"]
         correlation = metrics["reward_model/gt_correlation"]
-        result.update(queries=metrics["queries_issued"], labels_used=metrics["labels_used"],
+        # Queries as the labeler is asked them: a swap teacher's pair is two.
+        result.update(queries=metrics["queries_issued"] * asks_per_query(source), labels_used=metrics["labels_used"],
                       label_accuracy=None if np.isnan(accuracy) else accuracy,
                       gt_correlation=None if np.isnan(correlation) else correlation,
                       # Seconds per part of the learned reward's work: the vlm/cost/ metrics.

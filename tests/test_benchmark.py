@@ -337,3 +337,11 @@ def test_grid_on_ray_without_ray_names_the_extra(tiny_task, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'vlm-reward-wrappers\[ray\]'"):
         harness.run_benchmark("smoke", [tiny_task], ["true"], [0], tmp_path, ray_address="local")
+
+
+def test_a_swap_teacher_asks_each_pair_both_ways_and_both_asks_count_against_the_budget(tiny_task, tmp_path):
+    labeler = harness.simulated_labeler("swap-realistic-0.75", 0)
+    assert type(labeler).__name__ == "SwapConsistentLabeler" and harness.is_simulated("swap-oracle")
+    (plain, swap) = harness.run_benchmark("smoke", [tiny_task], ["oracle", "swap-oracle"], [0], tmp_path)[-2:]
+    # Batches at steps 100 and 200: 10 pairs each, or 5 pairs asked twice.
+    assert plain["queries"] == 20 and swap["queries"] == 20 and swap["labels_used"] == 10

@@ -37,6 +37,7 @@ if str(HERE.parent) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.harness import STARTED_ON_COMMIT  # noqa: E402
 from benchmarks.reward_image_size import pair_accuracy, scripted_frames  # noqa: E402
 from vlm_reward_wrappers.frames import resize_frame  # noqa: E402
 from vlm_reward_wrappers.labelers import OracleLabeler, SimulatedVLMLabeler  # noqa: E402
@@ -164,7 +165,7 @@ def main() -> None:
     path = RESULTS / "noise_probe.jsonl"
     for seed in args.seeds:
         for method in args.methods:
-            row = dict(task=args.task, input=args.input, queries=args.queries,
+            row = dict(task=args.task, input=args.input, queries=args.queries, commit=STARTED_ON_COMMIT,
                        **probe(method, inputs, small, rewards, episode, args.input, args.queries, seed))
             print(row, flush=True)
             with open(path, "a") as f:

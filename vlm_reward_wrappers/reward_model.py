@@ -120,10 +120,11 @@ class RewardModel:
         """Set the normalisation so rewards of ``inputs`` have zero mean and unit variance (when
         ``normalize``); return those rewards, (B,) float32."""
         members = self.member_rewards(inputs)
-        if self.normalize and len(inputs) >= 2:
+        fit = self.normalize and len(inputs) >= 2
+        if fit:  # each member's own first: the penalty combines members on their own scales
             self.member_mean, self.member_std = members.mean(axis=1), members.std(axis=1) + 1e-8
         raw = self._combined(members)
-        if self.normalize and len(inputs) >= 2:
+        if fit:
             self.mean, self.std = float(raw.mean()), float(raw.std() + 1e-8)
         return ((raw - self.mean) / self.std).astype(np.float32)
 

@@ -19,6 +19,8 @@ from vlm_reward_wrappers.envs.mujoco_setup import (
 
 #: Table colour (rgb in [0, 1]): light grey, so the coloured cloth and rope stand out in any channel.
 TABLE_RGB = (0.78, 0.78, 0.75)
+#: Vertical field of view (degrees) of the top camera.
+TOP_FOVY = 45.0
 
 
 class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
@@ -31,7 +33,7 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     them at a fixed horizon.
 
     Actions are in [-1, 1] and address the square ``[-workspace, workspace]^2`` of the table (metres,
-    centred under the top camera; image right is +x and image up is +y). By default an action is
+    centred on the table; in the top camera's frames image right is +x and image up is +y). By default an action is
     (pick x, pick y, place x, place y) and the object's point nearest to the pick position in the table
     plane is picked, so every action moves the object.
 
@@ -45,8 +47,9 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     :param render_size: rendered frame side in pixels, or (height, width). 360 by default, RL-VLM-F's cloth
         frames: the frame is what a VLM judges (the reward model reads a smaller copy), and at 128 px a
         rope was 4 px thick; rendering 360 px costs 1-2 ms against a 100-180 ms pick-and-place step.
-    :param camera: a camera of the scene ("top": straight down; "angled": from the front at 45 degrees),
-        or a free-camera pose dict with keys lookat, distance, azimuth, elevation.
+    :param camera: a camera of the scene ("top": straight down from a fixed height, following the object's
+        centre of mass so that the object fills most of the frame wherever it is moved; "angled": fixed,
+        from the front at 45 degrees), or a free-camera pose dict with keys lookat, distance, azimuth, elevation.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -59,6 +62,10 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     #: Picker speed (m/s) while carrying: the scripted fold reaches 0.91 of normalized performance at
     #: 1 m/s and 0.95 at 0.5 m/s, which takes twice as long.
     picker_speed = 1.0
+    #: Half side (m) of the square of table the top camera shows around the object's centre of mass. The
+    #: camera's height is fixed, so an object looks as large in every frame: a crumpled cloth smaller than
+    #: a spread one, as the VLM and the reward model must see it (the tasks' goals are shapes, not places).
+    view_half_width = 0.22
     #: Height (m) the picked point is lifted above where it was picked.
     lift_height = 0.1
     #: Height (m) above the table where the picker lets go.
@@ -152,7 +159,18 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
         if self._renderer is None:
             self._renderer = make_renderer(self.model, self.height, self.width)
         self._renderer.update_scene(self.data, camera=self._camera)
+        self._draw_table_beyond(self._renderer.scene)
         return self._renderer.render()
+
+    def _draw_table_beyond(self, scene: Any) -> None:
+        """Draw the table on past its edge, where the top camera looks once it follows the object there. A
+        geom drawn into the scene, not one in the model: a model geom, even without contacts, changes the
+        simulation's numbers."""
+        if scene.ngeom < scene.maxgeom:
+            self._mujoco.mjv_initGeom(scene.geoms[scene.ngeom], type=self._mujoco.mjtGeom.mjGEOM_BOX,
+                                      size=np.array([2.0, 2.0, 0.001]), pos=np.array([0.0, 0.0, -0.002]),
+                                      mat=np.eye(3).ravel(), rgba=np.array([*TABLE_RGB, 1.0], dtype=np.float32))
+            scene.ngeom += 1
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -208,7 +226,8 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
   </visual>
   <worldbody>
     <light directional="true" pos="0 0 2" dir="0 0 -1" castshadow="false" diffuse=".3 .3 .3" specular="0 0 0"/>
-    <camera name="top" pos="0 0 {self.workspace * 3.0:.3f}" xyaxes="1 0 0 0 1 0"/>
+    <camera name="top" mode="trackcom" pos="0 0 {self.view_half_width / np.tan(np.radians(TOP_FOVY / 2)):.3f}"
+            fovy="{TOP_FOVY}" xyaxes="1 0 0 0 1 0"/>
     <camera name="angled" pos="0 {-self.workspace * 2.4:.3f} {self.workspace * 2.4:.3f}" xyaxes="1 0 0 0 .7071 .7071"/>
     <geom name="table" type="box" size="{half} {half} .02" pos="0 0 -.02" rgba="{table} 1" friction="1 .005 .0001"/>
     <body name="picker" mocap="true" pos="0 0 .5"/>

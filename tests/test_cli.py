@@ -33,6 +33,19 @@ def test_train_takes_the_exploration_and_augmentation_settings(capsys):
     assert figures["queries_sent"] == 5 and figures["reward_model_updates"] == 1
 
 
+@pytest.mark.parametrize("flag, expected", [([], 50), (["--gradient-steps-per-update", "0"], None),
+                                             (["--gradient-steps-per-update", "7"], 7)])
+def test_train_bounds_updates_as_the_quick_preset_does_unless_told(flag, expected, capsys, monkeypatch):
+    from vlm_reward_wrappers import config as config_module
+
+    built = []
+    make_config = config_module.make_config
+    monkeypatch.setattr(config_module, "make_config", lambda *a, **k: built.append(make_config(*a, **k)) or built[-1])
+    main(["train", "--algo", "A2C", "--steps", "60", "--seed-steps", "50", "--query-every", "100",
+          "--pairs-per-query", "5", "--epochs-per-update", "1", "--eval-episodes", "1", *flag])
+    assert built[0].gradient_steps_per_update == expected and built[0].epochs_per_update == 1
+
+
 @pytest.mark.slow
 def test_train_builds_the_reward_net_asked_for(tmp_path, capsys):
     path = tmp_path / "reward.pt"

@@ -1,8 +1,13 @@
+from types import SimpleNamespace
+
 import numpy as np
+import psutil
 import pytest
 import torch
 
-from vlm_reward_wrappers import BradleyTerryTrainer, LearnerConfig, PreferenceDataset, RewardModel
+from vlm_reward_wrappers import (
+    BradleyTerryTrainer, LearnerConfig, OracleLabeler, PreferenceDataset, PreferenceLearner, RewardModel,
+)
 from vlm_reward_wrappers.reward_model import random_shift
 
 
@@ -52,6 +57,25 @@ def test_dataset_drops_no_preference_and_identical_pairs():
     assert len(dataset) == 1
     with pytest.raises(ValueError, match="no labelled pairs"):
         BradleyTerryTrainer(RewardModel("observation", (4,))).train(PreferenceDataset())
+
+
+def test_a_learners_dataset_holds_its_budget_in_no_more_memory_than_that(monkeypatch):
+    dataset = PreferenceDataset(max_pairs=100)
+    for i in range(100):
+        dataset.add(np.full((4,), i), np.full((4,), -i - 1), 1)
+    assert len(dataset) == 100 and len(dataset._a) == 100  # grown 64 -> 100, not to 128
+    with pytest.raises(ValueError, match="max_pairs=100"):
+        dataset.add(np.zeros(4), np.ones(4), 0)
+    # A budget whose pairs would not fit in the memory available is refused at the first pair, with the fix.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10 * 2**30))
+    frames = np.zeros((64, 64, 3), np.uint8), np.ones((64, 64, 3), np.uint8)
+    assert PreferenceDataset(max_pairs=20_000).add(*frames, 1)  # RL-VLM-F's budget: 0.5 GB
+    with pytest.raises(MemoryError, match=r"need 22\.9 GB and 10\.0 GB are available: lower feedback_budget"):
+        PreferenceDataset(max_pairs=1_000_000).add(*frames, 1)
+    learner = PreferenceLearner("the goal", OracleLabeler(), config="quick", reward_model=RewardModel("observation", (4,)),
+                                reward_input="observation")
+    assert learner.dataset.max_pairs == 1000
+    learner.close()
 
 
 @pytest.mark.parametrize("reward_net", ["cnn", "resnet18"])

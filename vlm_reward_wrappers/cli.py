@@ -100,7 +100,10 @@ def train(args: argparse.Namespace) -> Dict[str, float]:
     torch.set_num_threads(args.threads)
     goal = args.goal or goal_for(args.env)
     labeler = make_labeler(args)
-    config = make_config(args.preset, **{name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None})
+    overrides = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if overrides.get("gradient_steps_per_update") == 0:
+        overrides["gradient_steps_per_update"] = None  # the preset's bound off: epochs_per_update over all labels
+    config = make_config(args.preset, **overrides)
     env = VLMRewardWrapper(
         gym.make(args.env, render_mode="rgb_array"), goal=goal, labeler=labeler, config=config, seed=args.seed,
         label_store=LabelStore(args.label_store) if args.label_store else None,
@@ -195,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-net", default=None, choices=REWARD_NETS,
                    help="frame reward net: RL-VLM-F's small CNN or its ResNet-18 (cloth, rope; slow without a GPU)")
     for flag in ("seed-steps", "exploration-steps", "query-every", "pairs-per-query", "feedback-budget", "epochs-per-update",
-                 "gradient-steps-per-update", "augment-shift"):
+                 "augment-shift"):
         p.add_argument(f"--{flag}", type=int, default=None, help="overrides the preset's")
+    p.add_argument("--gradient-steps-per-update", type=int, default=None,
+                   help="minibatch steps per reward-model update; 0: RL-VLM-F's epochs over all labels instead")
     p.add_argument("--label-store", default=None, help="sqlite file keeping every label (resumable)")
     p.add_argument("--save-reward-model", default=None, help="write the trained reward model here")
     p.add_argument("--tensorboard-log", default=None, help="TensorBoard folder for SB3's logger")

@@ -155,7 +155,7 @@ PRESETS: Dict[str, LearnerConfig] = {
     "rope": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000,
                           epochs_per_update=30, reward_input="observation"),
     "quick": LearnerConfig(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=1000,
-                           epochs_per_update=20),
+                           epochs_per_update=20, gradient_steps_per_update=50),
 }
 
 

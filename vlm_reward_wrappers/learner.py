@@ -101,7 +101,7 @@ class PreferenceLearner:
         self._owns_store = label_store is None
         self.store = LabelStore() if label_store is None else label_store
         self.service = None if labeler is None else LabellingService(labeler, goal, self.store, retry, asynchronous)
-        self.dataset = PreferenceDataset(config.use_soft_labels)
+        self.dataset = PreferenceDataset(config.use_soft_labels, max_pairs=config.feedback_budget or None)
         self.buffer: Optional[FrameBuffer] = None
         #: Longer side of the frames the labeler is shown; None: it is shown the reward-model inputs.
         self.query_image_size = config.query_image_size or (None if labeler is None else labeler.query_image_size)
@@ -297,6 +297,8 @@ class PreferenceLearner:
             return 0
         labeler = self.labeler
         records = self.store.records(self.goal, labeler.labeler_id, labeler.prompt_version)
+        if self.dataset.max_pairs is not None:  # a store kept from a longer run holds more than this budget
+            self.dataset.max_pairs = max(self.dataset.max_pairs, len(records))
         for record in records:
             frame_a, stored_a = self.store.frame(record.hash_a)
             frame_b, stored_b = self.store.frame(record.hash_b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
+import psutil
 
 from vlm_reward_wrappers.label_store import NO_PREFERENCE
 
@@ -15,10 +16,18 @@ class PreferenceDataset:
     Pairs answered -1 and pairs of identical inputs are dropped, as in RL-VLM-F.
     The target of a pair is the probability that its second input is better: the preference itself
     for hard labels, the labeler's soft label where it gave one and ``use_soft_labels`` is set.
+
+    :param use_soft_labels: train on soft labels where given.
+    :param max_pairs: the most pairs it may hold (a learner's: its feedback budget), or None for no bound.
+        Its memory never exceeds what that many pairs take, and the first pair added checks that they fit
+        in the memory available (a MemoryError saying what to change, instead of failing hours later).
     """
 
-    def __init__(self, use_soft_labels: bool = False) -> None:
+    def __init__(self, use_soft_labels: bool = False, max_pairs: Optional[int] = None) -> None:
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be at least 1 or None, got {max_pairs}")
         self.use_soft_labels = use_soft_labels
+        self.max_pairs = max_pairs
         # Append-only arrays grown by doubling: rows below len(self) never change, so a snapshot is a view.
         self._a: Optional[np.ndarray] = None
         self._b: Optional[np.ndarray] = None
@@ -32,6 +41,11 @@ class PreferenceDataset:
         """Add a labelled pair; return whether it was kept."""
         if preference == NO_PREFERENCE or np.array_equal(input_a, input_b):
             return False
+        if self._n == self.max_pairs:
+            raise ValueError(f"the dataset holds its max_pairs={self.max_pairs} pairs already: raise max_pairs "
+                             "(a learner's feedback_budget) to train on more")
+        if self._a is None:
+            self._check_memory(np.asarray(input_a))
         if self._a is None or self._n == len(self._a):
             self._grow(np.asarray(input_a))
         self._a[self._n], self._b[self._n] = input_a, input_b
@@ -39,8 +53,20 @@ class PreferenceDataset:
         self._n += 1
         return True
 
+    def _check_memory(self, like: np.ndarray) -> None:
+        if self.max_pairs is None:
+            return
+        needed, available = self.max_pairs * 2 * like.nbytes, psutil.virtual_memory().available
+        if needed > available:
+            raise MemoryError(
+                f"{self.max_pairs:,} labelled pairs of reward-model inputs of shape {like.shape} need "
+                f"{needed / 2**30:.1f} GB and {available / 2**30:.1f} GB are available: lower feedback_budget to "
+                f"{int(available // (2 * like.nbytes)) // 2:,} or less, or reward_image_size, or use reward_input='observation'")
+
     def _grow(self, like: np.ndarray) -> None:
         capacity = max(64, 2 * self._n)
+        if self.max_pairs is not None:
+            capacity = min(capacity, self.max_pairs)
         grown = [np.empty((capacity, *like.shape), dtype=like.dtype) for _ in range(2)]
         targets = np.empty(capacity, dtype=np.float32)
         if self._a is not None:
@@ -56,6 +82,6 @@ class PreferenceDataset:
 
     def snapshot(self) -> "PreferenceDataset":
         """The dataset as it is now, without copying: pairs added later are not in it."""
-        frozen = PreferenceDataset(self.use_soft_labels)
+        frozen = PreferenceDataset(self.use_soft_labels, self.max_pairs)
         frozen._a, frozen._b, frozen._targets, frozen._n = self._a, self._b, self._targets, self._n
         return frozen

@@ -26,9 +26,9 @@ _spec.loader.exec_module(headline)
 
 def test_the_readme_headline_is_what_the_committed_summary_says():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected = headline.headline_table(json.loads(SUMMARY.read_text(encoding="utf-8")))
-    assert headline.readme_block(readme) == expected, (
-        "README.md's headline table differs from benchmarks/results/full/summary.json: run python benchmarks/headline.py")
+    for name, expected in headline.blocks(SUMMARY).items():
+        assert headline.readme_block(readme, name) == expected, (
+            f"README.md's {name} table differs from the results it is written from: run python benchmarks/headline.py")
     assert len(readme.splitlines()) <= 250, "README.md is the front door: keep it to 250 lines, the rest goes in docs/"
 
 
@@ -46,12 +46,15 @@ def test_update_readme_rewrites_the_block_and_nothing_else(tmp_path):
                for source in ("oracle", "realistic-0.75")]
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n\n{headline.START}\n| stale | table |\n{headline.END}\n\nafter\n")
+    cost_start, cost_end = headline.markers("cost-at-scale")
+    readme.write_text(f"# title\n\nbefore\n\n{headline.START}\n| stale | table |\n{headline.END}\n\nbetween\n\n"
+                      f"{cost_start}\n{cost_end}\n\nafter\n")
 
     assert headline.update_readme(readme, tmp_path / "summary.json")
     text = readme.read_text()
-    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "\n\nbetween\n\n" in text
     assert headline.readme_block(text) == headline.headline_table(summary)
+    assert headline.readme_block(text, "cost-at-scale") == headline.RELABEL_SCALING.read_text().strip("\n")
     assert "| cartpole-angle | SAC | perfect teacher | 3 |" in text and "stale" not in text
     assert not headline.update_readme(readme, tmp_path / "summary.json"), "a current block is left as it is"
 

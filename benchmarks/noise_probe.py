@@ -13,6 +13,8 @@ queries on random pairs of labelled frames, and trains 8 updates of 10 epochs, a
 - ``smooth``: label smoothing, targets 0.9 / 0.1.
 - ``swap``: each pair asked both ways round (two queries), kept where the answers agree.
 - ``swap-ties``: as ``swap``, and pairs whose answers disagree (or abstain) kept as ties.
+- ``robust``: ``bt`` with a likelihood that expects a quarter of the answers to be guesses
+  (``label_noise=0.25``: a confidently contradicted label costs a bounded loss).
 - ``perfect``: ``bt`` on the perfect teacher's labels: the ceiling.
 
 Reported, median over seeds: held-out pair accuracy, the same on the closest quarter of pairs by true-reward
@@ -65,7 +67,7 @@ def label_pairs(method: str, labeler: Labeler, frames: np.ndarray, rewards: np.n
                 ) -> List[List[Label]]:
     """Each pair's labels under ``method`` (an empty list: the pair is dropped); swap methods spend two
     queries a pair."""
-    if method in ("bt", "perfect"):
+    if method in ("bt", "robust", "perfect"):
         return [_hard(p) for p in _ask(labeler, frames, rewards, pairs)]
     if method == "ties":
         return [[(SECOND, 0.5)] if p == NO_PREFERENCE else [(p, None)] for p in _ask(labeler, frames, rewards, pairs)]
@@ -90,6 +92,7 @@ METHODS: Dict[str, Tuple[int, Callable[[int], Labeler]]] = {
     "smooth": (1, lambda seed: SimulatedVLMLabeler(0.75, seed=seed)),
     "swap": (2, lambda seed: SimulatedVLMLabeler(0.75, seed=seed)),
     "swap-ties": (2, lambda seed: SimulatedVLMLabeler(0.75, seed=seed)),
+    "robust": (1, lambda seed: SimulatedVLMLabeler(0.75, seed=seed)),
     "perfect": (1, lambda seed: OracleLabeler(seed=seed)),
 }
 
@@ -113,7 +116,7 @@ def probe(method: str, inputs: np.ndarray, frames: np.ndarray, rewards: np.ndarr
                 right += int(preference == (SECOND if rewards[j] > rewards[i] else FIRST))
     shape = inputs.shape[1:]
     model = RewardModel(reward_input, shape, seed=seed)
-    trainer = BradleyTerryTrainer(model, epochs=10, seed=seed)
+    trainer = BradleyTerryTrainer(model, epochs=10, seed=seed, label_noise=0.25 if method == "robust" else 0.0)
     for _ in range(8):
         trainer.train(data)
     predicted, truth = model.predict(inputs[test_idx]), rewards[test_idx]
@@ -129,18 +132,19 @@ def probe(method: str, inputs: np.ndarray, frames: np.ndarray, rewards: np.ndarr
 
 
 def write_table(path: Path) -> str:
-    """The median over seeds of every (task, input, queries, method) in ``path``, as Markdown."""
+    """The median over seeds of every (task, input, queries, method, commit) in ``path``, as Markdown: compare
+    methods within one commit (the scripted data and the teacher may differ between commits)."""
     groups: Dict[tuple, List[dict]] = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        groups.setdefault((r["task"], r["input"], r["queries"], r["method"]), []).append(r)
-    table = ["| task | reward input | queries | method | seeds | labels | label acc. (kept) | held-out pair acc. | "
-             "closest quarter | best quarter | corr. with true |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (task, reward_input, queries, method), rows in groups.items():
+        groups.setdefault((r["task"], r["input"], r["queries"], r["method"], r.get("commit")), []).append(r)
+    table = ["| task | reward input | queries | method | commit | seeds | labels | label acc. (kept) | held-out pair acc. | "
+             "closest quarter | best quarter | corr. with true |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, reward_input, queries, method, commit), rows in groups.items():
         med = {k: float(np.median([r[k] for r in rows if r[k] is not None] or [np.nan]))
                for k in ("labels", "label_accuracy", "pair_accuracy", "closest_quarter_accuracy",
                          "best_quarter_accuracy", "correlation")}
-        table.append(f"| {task} | {reward_input} | {queries} | {method} | {len(rows)} | {med['labels']:.0f} | "
+        table.append(f"| {task} | {reward_input} | {queries} | {method} | {commit} | {len(rows)} | {med['labels']:.0f} | "
                      f"{med['label_accuracy']:.2f} | {med['pair_accuracy']:.3f} | {med['closest_quarter_accuracy']:.3f} | "
                      f"{med['best_quarter_accuracy']:.3f} | {med['correlation']:.2f} |")
     return "\n".join(table) + "\n"

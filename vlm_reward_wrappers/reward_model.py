@@ -226,9 +226,6 @@ class BradleyTerryTrainer:
     :param early_stop_accuracy: stop an update once this train accuracy is reached (0.97).
     :param augment_shift: frame models only: shift each training frame by up to this many pixels
         (:func:`random_shift`, as DrQ and SURF augment); 0 (RL-VLM-F) trains on the frames as they are.
-    :param label_noise: the share of answers the likelihood expects to be guesses: P(second better) =
-        label_noise / 2 + (1 - label_noise) * sigmoid(r(b) - r(a)), so a confidently contradicted label
-        costs a bounded loss; 0 (RL-VLM-F) is plain Bradley-Terry.
     """
 
     def __init__(
@@ -241,13 +238,9 @@ class BradleyTerryTrainer:
         early_stop_accuracy: float = 0.97,
         augment_shift: int = 0,
         seed: Optional[int] = None,
-        label_noise: float = 0.0,
     ) -> None:
         if augment_shift and model.reward_input != "frame":
             raise ValueError("augment_shift shifts frames: a reward model on observations has none")
-        if not 0.0 <= label_noise < 1.0:
-            raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
-        self.label_noise = label_noise
         self.model = model
         self.augment_shift = augment_shift
         self.batch_size = batch_size
@@ -298,11 +291,7 @@ class BradleyTerryTrainer:
                 rewards = net(both)  # (2b, E)
                 logits = rewards[len(idx) :] - rewards[: len(idx)]
                 target = torch.as_tensor(targets[idx], device=self.model.device)
-                if self.label_noise:
-                    second = self.label_noise / 2 + (1 - self.label_noise) * torch.sigmoid(logits)
-                    loss = F.binary_cross_entropy(second, target, reduction="sum")
-                else:
-                    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+                loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
                 self.optimizer.zero_grad()
                 (loss / (len(idx) * e)).backward()
                 self.optimizer.step()

@@ -277,6 +277,11 @@ def task_config(task: str) -> TaskConfig:
     return config
 
 
+def algo_settings(config: TaskConfig, learned: bool) -> dict:
+    """The algorithm's constructor arguments for a run on the true reward or on a learned one."""
+    return {**config.algo_kwargs, **(config.learned_algo_kwargs if learned else {})}
+
+
 def base_task(task: str) -> str:
     """The task an ablation task varies (the task itself otherwise)."""
     return task.partition("+")[0]
@@ -419,7 +424,7 @@ def run_one(
     eval_env = gym.make(config.env_id, **config.env_kwargs)
     scorer = TrueScoreCallback(eval_env, config.eval_every[size], config.eval_episodes, config.metric)
     algo_cls = getattr(stable_baselines3, config.algo)
-    algo_kwargs = {**config.algo_kwargs, **(config.learned_algo_kwargs if learned else {})}
+    algo_kwargs = algo_settings(config, learned)
     if learned and config.algo in ("SAC", "TD3", "DQN"):
         algo_kwargs.update(replay_buffer_class=RelabelingReplayBuffer, replay_buffer_kwargs=dict(wrapper=env))
     model = algo_cls("MlpPolicy", env, seed=seed, verbose=0, **algo_kwargs)

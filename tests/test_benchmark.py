@@ -192,6 +192,10 @@ def test_an_ablation_runs_its_task_with_one_change_and_is_judged_against_the_tas
     assert harness.task_config("drawer-open+robot-shown+topview").env_kwargs == {"hide_robot": False, "camera": "topview"}
     assert make_config(**harness.task_config("cloth-fold+resnet18").learner["full"]).reward_net == "resnet18"
     assert make_config(**harness.task_config("cloth-fold+disagreement").learner["full"]).sampler == "disagreement"
+    # Cloth-fold's true-reward agents start the entropy coefficient at 0.01, its learned-reward agents at SB3's 1.
+    assert harness.algo_settings(harness.task_config("cloth-fold"), learned=False)["ent_coef"] == "auto_0.01"
+    assert harness.algo_settings(harness.task_config("cloth-fold"), learned=True)["ent_coef"] == "auto"
+    assert harness.algo_settings(harness.task_config("cloth-fold+alpha-0.01"), learned=True)["ent_coef"] == "auto_0.01"
     with pytest.raises(ValueError, match="unknown task 'pendulum\\+nope'"):
         harness.task_config("pendulum+nope")
     with pytest.raises(SystemExit):

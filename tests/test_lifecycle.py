@@ -137,6 +137,8 @@ def test_vlm_reward_train_exits_0(tmp_path):
 
 def _labels_in(path: Path) -> int:
     with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'labels'").fetchone():
+            return 0  # the file is there, its table not yet
         return db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
-import psutil
 
 from vlm_reward_wrappers.label_store import NO_PREFERENCE
+from vlm_reward_wrappers.memory import refuse_unless_it_fits
 
 
 class PreferenceDataset:
@@ -54,14 +54,11 @@ class PreferenceDataset:
         return True
 
     def _check_memory(self, like: np.ndarray) -> None:
-        if self.max_pairs is None:
-            return
-        needed, available = self.max_pairs * 2 * like.nbytes, psutil.virtual_memory().available
-        if needed > available:
-            raise MemoryError(
-                f"{self.max_pairs:,} labelled pairs of reward-model inputs of shape {like.shape} need "
-                f"{needed / 2**30:.1f} GB and {available / 2**30:.1f} GB are available: lower feedback_budget to "
-                f"{int(available // (2 * like.nbytes)) // 2:,} or less, or reward_image_size, or use reward_input='observation'")
+        if self.max_pairs is not None:
+            refuse_unless_it_fits(
+                self.max_pairs, 2 * like.nbytes, f"{self.max_pairs:,} labelled pairs of reward-model inputs of shape {like.shape}",
+                lambda fits: f"lower feedback_budget to {fits // 2:,} or less, or reward_image_size, or use "
+                             "reward_input='observation'")
 
     def _grow(self, like: np.ndarray) -> None:
         capacity = max(64, 2 * self._n)

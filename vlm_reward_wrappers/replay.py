@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
-import psutil
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from vlm_reward_wrappers import lifecycle
+from vlm_reward_wrappers.memory import refuse_unless_it_fits
 from vlm_reward_wrappers.reward_model import RewardModel
 from vlm_reward_wrappers.rollout import DEFERRED_KEY
 
@@ -49,16 +49,12 @@ def reward_model_for(key: int) -> Optional[RewardModel]:
 def check_memory(buffer_size: int, inputs: np.ndarray) -> None:
     """Refuse, before a run fills it hours later, a buffer whose reward-model inputs would not fit in the
     memory available now; ``inputs`` is one step's (n_envs, ...) array."""
-    needed = buffer_size * inputs.nbytes
-    available = psutil.virtual_memory().available
-    if needed > available:
-        fits = int(available // inputs.nbytes)
-        raise MemoryError(
-            f"RelabelingReplayBuffer keeps each transition's reward-model input ({inputs[0].nbytes / 1024:.0f} KB, "
-            f"shape {inputs.shape[1:]}): {buffer_size:,} transitions of {len(inputs)} envs need {needed / 2**30:.1f} GB "
-            f"and {available / 2**30:.1f} GB are available. Pass the algorithm buffer_size={fits // 2:,} or less, a "
-            "smaller reward_image_size, or reward_input='observation'"
-        )
+    refuse_unless_it_fits(
+        buffer_size, inputs.nbytes,
+        f"RelabelingReplayBuffer keeps each transition's reward-model input ({inputs[0].nbytes / 1024:.0f} KB, shape "
+        f"{inputs.shape[1:]}): {buffer_size:,} transitions of {len(inputs)} envs",
+        lambda fits: f"pass the algorithm buffer_size={fits // 2:,} or less, a smaller reward_image_size, or "
+                     "reward_input='observation'")
 
 
 @dataclass

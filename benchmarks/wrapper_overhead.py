@@ -14,9 +14,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run by path, Python puts benchmarks/ on sys.path, not the repository
+    sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 import gymnasium as gym  # noqa: E402
@@ -25,9 +29,10 @@ import torch  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 
 import vlm_reward_wrappers  # noqa: E402,F401
+from benchmarks.harness import current_commit  # noqa: E402
 from vlm_reward_wrappers import FrameInfoWrapper, OracleLabeler, VLMRewardVecEnvWrapper, VLMRewardWrapper  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = HERE / "results"
 NO_QUERY = dict(seed_steps=10**9)
 
 
@@ -107,7 +112,7 @@ def main() -> None:
         single_env("vlmrw/RopeStraighten-v0", max(10, args.steps // 100), "frame"),
     ]
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f} "
-               f"at the end), torch {torch.__version__}, 1 thread")
+               f"at the end), torch {torch.__version__}, 1 thread, commit {current_commit()}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "wrapper_overhead.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     lines = [f"Wrapped vs unwrapped steps/s, same rendered env ({machine}).", "",

@@ -258,6 +258,10 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # growing with the labels held; PPO on CartPoleAngle, 1,000 labels, 3 seeds: 42-55 s of training against
     # 129-155 s, the same final return).
     "epochs": _learner_change(lambda settings: {**settings, "gradient_steps_per_update": None}),
+    # The learned reward standardised over 2,000 frames drawn from all those held instead of the policy's last
+    # 2,000: as a policy converges its recent frames look alike, and standardising over them stretches the
+    # reward model's noise among them to unit variance (SAC on CartPoleAngle balanced, then swung off late).
+    "normalize-buffer": _learner_change(lambda settings: {**settings, "normalize_on": "buffer"}),
     # BPref's disagreement sampling instead of RL-VLM-F's uniform pairs: labels go where the ensemble is
     # unsure, such as among nearly solved frames, which the cloth-fold CNN orders at 57% (reward_image_size.py).
     "disagreement": _learner_change(lambda settings: {**settings, "sampler": "disagreement"}),

@@ -204,3 +204,29 @@ def test_oracle_teacher_variants():
         OracleLabeler().label([Query(frame, frame)], GOAL)
     with pytest.raises(ValueError, match="preference"):
         Answer(2)
+
+
+@pytest.mark.parametrize("normalize_on", ["recent", "buffer"])
+def test_normalising_over_the_buffer_keeps_converged_states_spread_small(normalize_on):
+    # 2,500 steps all over the state space, then 2,000 of a policy that has converged to one state.
+    rng = np.random.default_rng(0)
+    explored = rng.uniform(-1, 1, size=(2500, 2))
+    converged = 0.5 + 0.01 * rng.normal(size=(2000, 2))
+    observations = np.concatenate([explored, converged]).astype(np.float32)
+    learner = PreferenceLearner(GOAL, OracleLabeler(), reward_model=RewardModel("observation", (2,), seed=0),
+                                reward_input="observation", seed_steps=len(observations) - 1, query_every=10**6,
+                                pairs_per_query=100, normalize_on=normalize_on, asynchronous=False, seed=0)
+    frames = rng.integers(0, 256, size=(len(observations), 1, 64, 64, 3), dtype=np.uint8)  # distinct query frames
+    for frame, obs in zip(frames, observations):
+        learner.observe(frame, np.array([-abs(obs[0])]), obs[None])
+    learner.flush()
+    assert learner.metrics["reward_model/updates"] == 1
+    spread = learner.reward_model.predict(converged.astype(np.float32)).std()
+    # Over recent frames the converged states' tiny differences are stretched to unit variance; over the
+    # buffer they stay small beside the differences between explored and converged states.
+    if normalize_on == "recent":
+        assert spread == pytest.approx(1.0, abs=0.05)
+    else:
+        assert spread < 0.3
+        assert learner.reward_model.predict(explored.astype(np.float32)).std() > 0.5
+    learner.close()

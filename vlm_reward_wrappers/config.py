@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Union
 SAMPLER_NAMES = ("uniform", "disagreement", "entropy")
 #: Frame reward nets: RL-VLM-F's small CNN (its MetaWorld and CartPole net) or its ResNet-18 (cloth, rope).
 REWARD_NETS = ("cnn", "resnet18")
+#: What the learned reward is standardised over: the policy's recent frames, or a sample of all held.
+NORMALIZE_ON = ("recent", "buffer")
 
 
 def check_reward_net(reward_net: str, reward_input: str) -> None:
@@ -35,6 +37,9 @@ class LearnerConfig:
         "resnet18" (the ResNet-18 RL-VLM-F trained from scratch on cloth and rope; needs torchvision, and on
         a CPU 9 times the CNN's training time: the cloth and rope presets keep the CNN, see docs/options.md).
     :param ensemble_size: reward-model members; the reward is their mean.
+    :param normalize_on: the frames the reward is standardised over (zero mean, unit variance) after each
+        update: "recent", the policy's last 2,000 (its current states), or "buffer", 2,000 drawn from all the
+        frames held, whose spread does not shrink as the policy's states converge.
     :param uncertainty_penalty: the reward is the members' mean less this many times their spread (each
         member normalised on recent frames), so the agent is not paid where the members disagree, off the
         labelled states a policy may over-optimise into (Coste et al., arXiv 2310.02743); 0 (RL-VLM-F) pays
@@ -75,6 +80,7 @@ class LearnerConfig:
     reward_image_size: int = 64
     reward_net: str = "cnn"
     ensemble_size: int = 3
+    normalize_on: str = "recent"
     seed_steps: int = 1000
     exploration_steps: int = 0
     query_every: int = 4000
@@ -99,6 +105,8 @@ class LearnerConfig:
         if self.reward_input not in ("frame", "observation"):
             raise ValueError(f"reward_input must be 'frame' or 'observation', got {self.reward_input!r}")
         check_reward_net(self.reward_net, self.reward_input)
+        if self.normalize_on not in NORMALIZE_ON:
+            raise ValueError(f"normalize_on must be one of {NORMALIZE_ON}, got {self.normalize_on!r}")
         if self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {self.sampler!r}")
         least = dict(reward_image_size=16, ensemble_size=1, seed_steps=0, exploration_steps=0, query_every=1,

@@ -28,7 +28,7 @@ from vlm_reward_wrappers.training import BackgroundTrainer
 
 logger = logging.getLogger(__name__)
 
-#: Recent frames the reward normalisation (and the correlation with the true reward) is fitted on.
+#: Frames the reward normalisation (and the correlation with the true reward) is fitted on.
 NORMALIZATION_FRAMES = 2000
 #: Answered queries kept for display.
 RECENT_ANSWERS = 8
@@ -91,6 +91,8 @@ class PreferenceLearner:
         self.training = training
         #: When queries go out and which pairs (:class:`~vlm_reward_wrappers.queries.QueryScheduler`).
         self.queries = QueryScheduler(config, make_sampler(sampler or config.sampler), np.random.default_rng(seed))
+        # Its own generator: normalising over the buffer leaves the pairs drawn as they would be otherwise.
+        self._normalization_rng = np.random.default_rng(seed)
         self.trainer = trainer or BackgroundTrainer.for_model(
             self.reward_model, asynchronous, lr=config.reward_lr, batch_size=config.reward_batch_size,
             epochs=config.epochs_per_update, gradient_steps=config.gradient_steps_per_update,
@@ -254,12 +256,18 @@ class PreferenceLearner:
         return done
 
     def _start_update(self) -> None:
-        recent = None
+        frames = None
         if self.buffer is not None and len(self.buffer) >= 2:
-            idx = self.buffer.recent(NORMALIZATION_FRAMES)  # the policy's current state distribution
-            recent, self._recent_gt = self.buffer.inputs(idx, self.reward_model.reward_input), self.buffer.gt_rewards[idx]
+            idx = self._normalization_indices()
+            frames, self._recent_gt = self.buffer.inputs(idx, self.reward_model.reward_input), self.buffer.gt_rewards[idx]
         self._new_labels = 0
-        self.trainer.start(self.dataset, recent)
+        self.trainer.start(self.dataset, frames)
+
+    def _normalization_indices(self) -> np.ndarray:
+        if self.config.normalize_on == "recent":
+            return self.buffer.recent(NORMALIZATION_FRAMES)
+        held = len(self.buffer)  # slots 0 .. held - 1 hold frames, full or not
+        return np.sort(self._normalization_rng.choice(held, min(held, NORMALIZATION_FRAMES), replace=False))
 
     def _finish_update(self, result) -> None:
         if result is None:

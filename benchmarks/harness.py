@@ -223,7 +223,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
         **settings, "query_every": make_config(**settings).query_every // 2}),
     # RL-VLM-F's SAC starts its entropy coefficient at 0.1 (SB3: 1), still learned: the learned reward has
     # unit variance, where MetaWorld's true one moves by up to 10 a step.
-    "alpha-0.1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"}),
+    "alpha-0.1": lambda config: dataclasses.replace(
+        config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"},
+        learned_algo_kwargs={**config.learned_algo_kwargs, "ent_coef": "auto_0.1"}),
     # SB3's entropy coefficient start (1) where a task starts it at 0.01 for its true reward's hundredths
     # (cloth, rope): the learned reward has unit variance, so 0.01 weighs entropy 100 times less against it.
     "alpha-1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_1.0"}),

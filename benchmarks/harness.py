@@ -381,8 +381,8 @@ class TrueScoreCallback(BaseCallback):
 
 
 def current_commit() -> str:
-    """The commit the code runs on, with "+changes" where the code in the work tree differs from it (results
-    written meanwhile do not count); "unknown" outside git."""
+    """The commit the code runs on, with "+changes" where the code in the work tree differs from it (results,
+    and the README's tables written from them, do not count; nor do the docs); "unknown" outside git."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -391,7 +391,8 @@ def current_commit() -> str:
 
     try:
         commit = git("rev-parse", "--short=10", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results",
+                      ":(top,exclude)README.md", ":(top,exclude)docs")
         return commit + ("+changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -264,6 +264,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # 2,000: as a policy converges its recent frames look alike, and standardising over them stretches the
     # reward model's noise among them to unit variance (SAC on CartPoleAngle balanced, then swung off late).
     "normalize-buffer": _learner_change(lambda settings: {**settings, "normalize_on": "buffer"}),
+    # The learned reward standardised over the policy's last 2,000 frames, where a preset draws them from all
+    # held (the quick preset: SAC on CartPoleAngle).
+    "normalize-recent": _learner_change(lambda settings: {**settings, "normalize_on": "recent"}),
     # BPref's disagreement sampling instead of RL-VLM-F's uniform pairs: labels go where the ensemble is
     # unsure, such as among nearly solved frames, which the cloth-fold CNN orders at 57% (reward_image_size.py).
     "disagreement": _learner_change(lambda settings: {**settings, "sampler": "disagreement"}),

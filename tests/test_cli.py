@@ -33,9 +33,11 @@ def test_train_takes_the_exploration_and_augmentation_settings(capsys):
     assert figures["queries_sent"] == 5 and figures["reward_model_updates"] == 1
 
 
-@pytest.mark.parametrize("flag, expected", [([], 50), (["--gradient-steps-per-update", "0"], None),
-                                             (["--gradient-steps-per-update", "7"], 7)])
-def test_train_bounds_updates_as_the_quick_preset_does_unless_told(flag, expected, capsys, monkeypatch):
+@pytest.mark.parametrize("flag, expected, normalize_on", [
+    ([], 50, "buffer"), (["--gradient-steps-per-update", "0"], None, "buffer"),
+    (["--gradient-steps-per-update", "7", "--normalize-on", "recent"], 7, "recent")])
+def test_train_bounds_and_standardises_as_the_quick_preset_does_unless_told(flag, expected, normalize_on, capsys,
+                                                                            monkeypatch):
     from vlm_reward_wrappers import config as config_module
 
     built = []
@@ -44,6 +46,7 @@ def test_train_bounds_updates_as_the_quick_preset_does_unless_told(flag, expecte
     main(["train", "--algo", "A2C", "--steps", "60", "--seed-steps", "50", "--query-every", "100",
           "--pairs-per-query", "5", "--epochs-per-update", "1", "--eval-episodes", "1", *flag])
     assert built[0].gradient_steps_per_update == expected and built[0].epochs_per_update == 1
+    assert built[0].normalize_on == normalize_on
 
 
 @pytest.mark.slow

@@ -17,14 +17,15 @@ from typing import Dict, List, Optional
 
 import gymnasium as gym
 
-from vlm_reward_wrappers.config import PRESETS, REWARD_NETS
+from vlm_reward_wrappers.config import NORMALIZE_ON, PRESETS, REWARD_NETS
 
 ALGOS = ("PPO", "A2C", "SAC", "TD3", "DQN")
 #: sb3-contrib's algorithms (the ``contrib`` extra) and the policy each takes.
 CONTRIB_ALGOS = {"TQC": "MlpPolicy", "CrossQ": "MlpPolicy", "TRPO": "MlpPolicy", "RecurrentPPO": "MlpLstmPolicy"}
 #: LearnerConfig settings that ``vlm-reward train`` takes as flags (each overrides the preset's).
 CONFIG_FLAGS = ("reward_input", "reward_image_size", "reward_net", "seed_steps", "exploration_steps", "query_every",
-                "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update", "augment_shift")
+                "pairs_per_query", "feedback_budget", "epochs_per_update", "gradient_steps_per_update", "augment_shift",
+                "normalize_on")
 
 
 def make_backend(args: argparse.Namespace):
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", type=int, default=None, help="overrides the preset's")
     p.add_argument("--gradient-steps-per-update", type=int, default=None,
                    help="minibatch steps per reward-model update; 0: RL-VLM-F's epochs over all labels instead")
+    p.add_argument("--normalize-on", default=None, choices=NORMALIZE_ON,
+                   help="standardise the learned reward over the policy's recent frames or all frames held")
     p.add_argument("--label-store", default=None, help="sqlite file keeping every label (resumable)")
     p.add_argument("--save-reward-model", default=None, help="write the trained reward model here")
     p.add_argument("--tensorboard-log", default=None, help="TensorBoard folder for SB3's logger")

@@ -226,6 +226,10 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     "alpha-0.1": lambda config: dataclasses.replace(
         config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"},
         learned_algo_kwargs={**config.learned_algo_kwargs, "ent_coef": "auto_0.1"}),
+    # No bootstrapping: cloth-fold is one pick-and-place, an episode the TimeLimit truncates after its step,
+    # so SB3 bootstraps from the folded state as if the episode went on; with gamma 0 the critic learns the
+    # step's reward alone (a bandit).
+    "gamma-0": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "gamma": 0.0}),
     # SB3's entropy coefficient start (1) where a task starts it at 0.01 for its true reward's hundredths
     # (cloth, rope): the learned reward has unit variance, so 0.01 weighs entropy 100 times less against it.
     "alpha-1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_1.0"}),

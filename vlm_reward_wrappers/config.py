@@ -41,7 +41,7 @@ class LearnerConfig:
         update: "recent", the policy's last 2,000 (its current states), or "buffer", 2,000 drawn from all the
         frames held, whose spread does not shrink as the policy's states converge.
     :param uncertainty_penalty: the reward is the members' mean less this many times their spread (each
-        member normalised on recent frames), so the agent is not paid where the members disagree, off the
+        member normalised as the reward is), so the agent is not paid where the members disagree, off the
         labelled states a policy may over-optimise into (Coste et al., arXiv 2310.02743); 0 (RL-VLM-F) pays
         the mean.
     :param seed_steps: env steps before the first query (then the exploration, if any).

@@ -115,7 +115,7 @@ class PreferenceLearner:
         self.exploration = StateEntropyReward(config.first_query_step) if (
             config.exploration_steps and training) else None
         self._new_labels = 0
-        self._recent_gt: Optional[np.ndarray] = None
+        self._normalization_gt: Optional[np.ndarray] = None
         #: The last answered queries as (query, record), newest last, for display (TensorBoard images).
         self.recent_answers: deque = deque(maxlen=RECENT_ANSWERS)
         #: Answers received from the labelling service so far (the store's cached answers included).
@@ -259,7 +259,7 @@ class PreferenceLearner:
         frames = None
         if self.buffer is not None and len(self.buffer) >= 2:
             idx = self._normalization_indices()
-            frames, self._recent_gt = self.buffer.inputs(idx, self.reward_model.reward_input), self.buffer.gt_rewards[idx]
+            frames, self._normalization_gt = self.buffer.inputs(idx, self.reward_model.reward_input), self.buffer.gt_rewards[idx]
         self._new_labels = 0
         self.trainer.start(self.dataset, frames)
 
@@ -275,7 +275,7 @@ class PreferenceLearner:
         stats, predicted = result
         self._stats.update(updates=self._stats["updates"] + 1, loss=stats.loss, accuracy=stats.accuracy)
         if predicted is not None:
-            self._stats["gt_correlation"] = pearson(predicted, self._recent_gt)
+            self._stats["gt_correlation"] = pearson(predicted, self._normalization_gt)
         logger.info("reward model v%d: %d labels, loss %.4f, accuracy %.3f",
                     self.reward_model.version, len(self.dataset), stats.loss, stats.accuracy)
 

@@ -170,10 +170,7 @@ TASKS: Dict[str, TaskConfig] = {
         algo_kwargs=dict(learning_starts=50, ent_coef="auto_0.01"),
         # On the learned reward (unit variance) 0.01 weighs entropy a hundred times less: agents rose, then
         # fell back to random actions' level; SB3's start of 1 kept them rising (docs/research-log.md).
-        # An episode is one pick-and-place that the TimeLimit truncates, so SAC would bootstrap from the folded
-        # cloth as if the episode went on (RL-VLM-F ended SoftGym's episodes as terminal): with discount 0 the
-        # critic learns the fold's reward alone. Simulated VLM teacher, seed 0: -0.015 against -0.059.
-        learned_algo_kwargs=dict(ent_coef="auto", gamma=0.0),
+        learned_algo_kwargs=dict(ent_coef="auto"),
     ),
     "rope": TaskConfig(
         "vlmrw/RopeStraighten-v0", "SAC",
@@ -229,10 +226,9 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     "alpha-0.1": lambda config: dataclasses.replace(
         config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_0.1"},
         learned_algo_kwargs={**config.learned_algo_kwargs, "ent_coef": "auto_0.1"}),
-    # SB3's discount (0.99) for the learned-reward agents where a task sets 0 (cloth-fold's one-step episodes,
-    # truncated by the TimeLimit: SAC then bootstraps from the folded cloth).
-    "gamma-0.99": lambda config: dataclasses.replace(
-        config, learned_algo_kwargs={**config.learned_algo_kwargs, "gamma": 0.99}),
+    # Cloth-fold's one-step episode truncated by the TimeLimit instead of ended as terminal: SAC then
+    # bootstraps from the folded cloth as if another fold followed (the env before it terminated).
+    "truncated": lambda config: dataclasses.replace(config, env_kwargs={**config.env_kwargs, "terminal": False}),
     # SB3's entropy coefficient start (1) where a task starts it at 0.01 for its true reward's hundredths
     # (cloth, rope): the learned reward has unit variance, so 0.01 weighs entropy 100 times less against it.
     "alpha-1": lambda config: dataclasses.replace(config, algo_kwargs={**config.algo_kwargs, "ent_coef": "auto_1.0"}),

@@ -66,8 +66,8 @@ def test_multi_step_fold_picks_anywhere():
     env.reset(seed=0)
     (action,) = fold_cloth(env)
     assert action.shape == (4,)
-    _, _, _, truncated, info = env.step(action)
-    assert info["success"] and info["normalized_performance"] > 0.85 and not truncated
+    _, _, terminated, truncated, info = env.step(action)
+    assert info["success"] and info["normalized_performance"] > 0.85 and not (terminated or truncated)
     env.close()
 
 
@@ -133,3 +133,16 @@ def test_the_camera_follows_the_cloth_wherever_it_is_carried():
     # The table goes on past its edge: no black background where the camera looks beyond it.
     assert (frame[cloth_pixels(frame) == 0] == table).all(axis=-1).mean() > 0.99
     env.close()
+
+
+def test_one_step_fold_ends_as_terminal():
+    # Off-policy agents would otherwise bootstrap from the folded cloth as if another fold followed.
+    env = gym.make("vlmrw/ClothFold-v0")
+    env.reset(seed=0)
+    terminated = env.step(env.action_space.sample())[2]
+    env.close()
+    truncating = gym.make("vlmrw/ClothFold-v0", terminal=False)
+    truncating.reset(seed=0)
+    _, _, kept_going, truncated, _ = truncating.step(truncating.action_space.sample())
+    truncating.close()
+    assert terminated and not kept_going and truncated

@@ -94,9 +94,11 @@ class ClothFoldEnv(ClothEnv):
     """Fold the cloth diagonally, from the top-left corner onto the bottom-right corner (RL-VLM-F's task).
 
     One-step (default, RL-VLM-F's): the picker holds the top-left corner and the action (2,) in [-1, 1]
-    is where to put it, scaled to ``[-workspace, workspace]`` m on the table; the registered
-    ``vlmrw/ClothFold-v0`` ends every episode after that one step. Multi-step (``multi_step=True``,
-    ``vlmrw/ClothFoldMultiStep-v0``): each action (4,) is a pick-and-place anywhere on the cloth.
+    is where to put it, scaled to ``[-workspace, workspace]`` m on the table; that step ends the episode as
+    terminal: the fold is done, so an agent learns its reward alone instead of bootstrapping from a next fold
+    that never comes (SoftGym's episode ends, as RL-VLM-F's training read them). Multi-step
+    (``multi_step=True``, ``vlmrw/ClothFoldMultiStep-v0``): each action (4,) is a pick-and-place anywhere on
+    the cloth, and the registered id truncates episodes at 3 steps.
 
     True reward, SoftGym's ClothFold with the diagonal as fold line: the vertices are split into the half
     above the diagonal through the bottom-left and top-right corners (group a, which moves) and its mirror
@@ -110,12 +112,16 @@ class ClothFoldEnv(ClothEnv):
 
     :param multi_step: pick-and-place anywhere instead of placing the held corner.
     :param success_threshold: normalized performance that counts as folded.
+    :param terminal: whether the one-step fold ends its episode as terminal; False leaves the end to the
+        registered TimeLimit, a truncation from which off-policy agents bootstrap.
     :param kwargs: :class:`ClothEnv`'s (grid_size, max_rotation, max_shift, render_mode, render_size, camera).
     """
 
-    def __init__(self, multi_step: bool = False, success_threshold: float = 0.8, **kwargs: Any) -> None:
+    def __init__(self, multi_step: bool = False, success_threshold: float = 0.8, terminal: bool = True,
+                 **kwargs: Any) -> None:
         self.multi_step = multi_step
         self.success_threshold = success_threshold
+        self.terminal = terminal and not multi_step
         super().__init__(**kwargs)
         n = self.grid_size
         ix, iy = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -129,6 +135,10 @@ class ClothFoldEnv(ClothEnv):
 
     def _action_dim(self) -> int:
         return 4 if self.multi_step else 2
+
+    def step(self, action: np.ndarray) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+        observation, reward, _, truncated, info = super().step(action)
+        return observation, reward, self.terminal, truncated, info
 
     def _decode_action(self, action: np.ndarray) -> Tuple[int, np.ndarray]:
         if self.multi_step:

@@ -29,8 +29,8 @@ class PickAndPlaceEnv(gym.Env[np.ndarray, np.ndarray], ABC):
     One step is one pick-and-place, as in SoftGym's and RL-VLM-F's pick-and-place tasks: an invisible
     mocap picker is connected to the picked point of the object (a ``connect`` equality switched on),
     lifts it by ``lift_height``, carries it to the place position, lowers it to ``release_height``, lets
-    go, and the object settles for ``settle_time``. Episodes never terminate; the registered ids truncate
-    them at a fixed horizon.
+    go, and the object settles for ``settle_time``. The registered ids truncate episodes at a fixed horizon;
+    only the one-step cloth fold (:class:`ClothFoldEnv`) ends its own as terminal.
 
     Actions are in [-1, 1] and address the square ``[-workspace, workspace]^2`` of the table (metres,
     centred on the table; in the top camera's frames image right is +x and image up is +y). By default an action is

@@ -253,8 +253,6 @@ ABLATIONS: Dict[str, Callable[[TaskConfig], TaskConfig]] = {
     # members disagree, against over-optimising the reward model (cloth-fold's agents with the perfect
     # teacher reached 0.6-0.7 by episode 1,500 and then fell back below random actions).
     "pessimistic": _learner_change(lambda settings: {**settings, "uncertainty_penalty": 1.0}),
-    # RL-VLM-F's reward model on frames, where a preset reads state (rope): what frames alone reach.
-    "frames": _learner_change(lambda settings: {**settings, "reward_input": "frame"}),
     # The fixed top camera the cloth and rope envs had before theirs followed the object: +-0.31 m of table,
     # where a spread cloth covered a quarter of the frame (the frame rows run before the camera followed).
     "fixed-camera": lambda config: dataclasses.replace(config, env_kwargs={**config.env_kwargs, "camera": FIXED_TOP_CAMERA}),

@@ -158,10 +158,11 @@ PRESETS: Dict[str, LearnerConfig] = {
                               epochs_per_update=50),
     "cloth": LearnerConfig(seed_steps=1000, query_every=1000, pairs_per_query=50, feedback_budget=500,
                            epochs_per_update=25),
-    # The rope's reward model reads its key points, not frames (RL-VLM-F's CNN): over 3 seeds the simulated
-    # VLM teacher reached 0.89-0.95 of the true reward that way against 0.16-0.31 on frames (docs/benchmarks.md).
+    # Frames, as RL-VLM-F: with the camera that follows the rope, the simulated VLM teacher's agents ended at
+    # -0.03 to -0.09 (3 seeds) against -0.15 to -0.24 with the reward model on the rope's key points
+    # (docs/research-log.md); with the fixed camera, frames had reached only 0.16-0.31 of the true reward.
     "rope": LearnerConfig(seed_steps=5000, query_every=5000, pairs_per_query=100, feedback_budget=20_000,
-                          epochs_per_update=30, reward_input="observation"),
+                          epochs_per_update=30),
     # Standardised over the buffer: SAC on CartPoleAngle, 10,000 steps, ended at -0.25 to -0.86 on all 9 runs
     # (3 teachers x 3 seeds) against -0.5 to -69.5 standardised over recent frames (docs/research-log.md).
     "quick": LearnerConfig(seed_steps=500, query_every=1000, pairs_per_query=50, feedback_budget=1000,

@@ -22,7 +22,8 @@ if "vlmrw/CartPoleAngle-v0" not in registry:
 
 #: id -> (entry point, kwargs, horizon in steps; None where the env ends its own episodes).
 _MUJOCO_ENVS = {
-    # RL-VLM-F's cloth fold is a one-step task: one place of the held corner.
+    # RL-VLM-F's cloth fold is a one-step task: one place of the held corner, which the env ends as terminal
+    # (the horizon of 1 stays for the tools that read it from the spec, such as reward_image_size.py).
     "vlmrw/ClothFold-v0": ("vlm_reward_wrappers.envs.cloth:ClothFoldEnv", {}, 1),
     "vlmrw/ClothFoldMultiStep-v0": ("vlm_reward_wrappers.envs.cloth:ClothFoldEnv", {"multi_step": True}, 3),
     "vlmrw/ClothFlatten-v0": ("vlm_reward_wrappers.envs.cloth:ClothFlattenEnv", {}, 5),

@@ -1,6 +1,7 @@
 """score_in_buffer: the algorithm's buffer scores rewards in batches where it consumes them, and the rewards
 the agent learns from are the reward model's, as when each step is scored, timeout bootstrap included."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3 import A2C, PPO, SAC
@@ -16,7 +17,7 @@ from vlm_reward_wrappers import (
     VLMRewardVecEnvWrapper,
     VLMRewardWrapper,
 )
-from vlm_reward_wrappers.replay import REWARD_INPUT_KEY
+from vlm_reward_wrappers import lifecycle
 
 SCHEDULE = dict(seed_steps=100, query_every=100, pairs_per_query=10, epochs_per_update=5, seed=0, asynchronous=False)
 
@@ -26,20 +27,26 @@ class RolloutRewards(BaseCallback):
 
     def __init__(self, wrapper):
         super().__init__()
-        self.wrapper, self.rollouts, self._inputs, self._truncated = wrapper, [], [], []
+        self.wrapper, self.rollouts, self._truncated = wrapper, [], []
+        deferred, take = wrapper.deferred_rewards, wrapper.deferred_rewards.take
+
+        def take_and_keep():  # the inputs the buffer scores, as it takes them from the wrapper
+            self._inputs, mask = take()
+            return self._inputs, mask
+
+        deferred.take = take_and_keep
 
     def _on_rollout_start(self):
-        self._inputs, self._truncated = [], []
+        self._truncated = []
 
     def _on_step(self):
         infos = self.locals["infos"]
-        self._inputs.append(np.stack([info[REWARD_INPUT_KEY] for info in infos]))
         self._truncated.append([info.get("TimeLimit.truncated", False) for info in infos])
         return True
 
     def _on_rollout_end(self):
         buffer = self.model.rollout_buffer
-        inputs = np.stack(self._inputs)
+        inputs = self._inputs
         # The model as it was when the buffer scored the rollout (compute_returns ran just before).
         scores = self.wrapper.learner.reward_model.predict(inputs.reshape(-1, *inputs.shape[2:])).reshape(buffer.rewards.shape)
         self.rollouts.append((buffer.rewards.copy(), scores, np.array(self._truncated)))
@@ -63,6 +70,70 @@ def test_a_rollout_is_scored_by_the_model_with_the_timeout_bootstrap_kept(cartpo
         truncations += truncated.sum()
         assert np.all(np.abs(rewards[truncated] - scores[truncated]) > 1e-6)
     assert truncations >= 4
+
+
+def _stepped(env, steps: int, rollout_buffer: bool):
+    """``env`` after ``steps`` seeded random steps (resets included), its deferred inputs taken as a rollout
+    buffer takes them, then closed."""
+    if rollout_buffer:
+        env.deferred_rewards.claim("rollout")
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    inputs = env.deferred_rewards.take()[0] if rollout_buffer else None
+    env.learner.query_frames.flush()
+    env.close()
+    return env, inputs
+
+
+class SameArrayRender(gym.Wrapper):
+    """An env that renders into one array, overwritten every step (as some renderers do)."""
+
+    def render(self):
+        frame = self.env.render()
+        self.__dict__.setdefault("array", np.empty_like(frame))
+        np.copyto(self.array, frame)
+        return self.array
+
+
+@pytest.mark.parametrize("make_env", [lambda: gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"),
+                                      lambda: SameArrayRender(gym.make("vlmrw/CartPoleAngle-v0", render_mode="rgb_array"))],
+                         ids=["new-array", "same-array"])
+def test_inputs_prepared_beside_the_loop_are_each_steps_own(make_env):
+    # With a rollout buffer the wrapper prepares a step's input while the next step renders; the learner and
+    # the buffer must get exactly what preparing it at once gives, in step order, every query frame included.
+    settings = dict(seed_steps=10**9, reward_image_size=48, query_image_size=100, query_frame_every=7, seed=0)
+    ahead, inputs = _stepped(VLMRewardWrapper(make_env(), GOAL, OracleLabeler(), score_in_buffer=True, **settings),
+                             150, rollout_buffer=True)
+    at_once, _ = _stepped(VLMRewardWrapper(make_env(), GOAL, OracleLabeler(), **settings), 150, rollout_buffer=False)
+    assert ahead._preparer is not None and not lifecycle.is_tracked(ahead._preparer)  # its thread is closed
+    buffer, expected = ahead.learner.buffer, at_once.learner.buffer
+    assert buffer.added == expected.added == 150
+    np.testing.assert_array_equal(buffer.frames[:150], expected.frames[:150])
+    np.testing.assert_array_equal(buffer.gt_rewards, expected.gt_rewards)
+    np.testing.assert_array_equal(inputs[:, 0], expected.frames[:150])
+    assert len(ahead.learner.query_frames) == len(at_once.learner.query_frames) == 22
+    for step in (0, 70, 147):
+        np.testing.assert_array_equal(ahead.learner.query_frames.get(step), at_once.learner.query_frames.get(step))
+
+
+class FloatRender(gym.Wrapper):
+    """An env that renders 0-1 float images."""
+
+    def render(self):
+        return self.env.render() / 255.0
+
+
+def test_a_float_frame_prepared_beside_the_loop_is_refused_at_its_step(cartpole):
+    env = VLMRewardWrapper(FloatRender(cartpole), GOAL, OracleLabeler(), score_in_buffer=True, seed_steps=10**9)
+    env.deferred_rewards.claim("rollout")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="dtype float64"):  # not cast to black uint8 frames
+        env.step(env.action_space.sample())
+    env.close()
 
 
 def test_a_vecenv_over_subprocesses_is_scored_per_rollout():

@@ -268,7 +268,8 @@ class RelabelingReplayBuffer(ReplayBuffer):
 
     def _grow(self, inputs: np.ndarray) -> None:
         old = 0 if self.reward_inputs is None else len(self.reward_inputs)
-        grown = np.zeros((min(self.buffer_size, max(1024, 2 * old)), *inputs.shape), dtype=inputs.dtype)
+        # Uninitialised, as FrameBuffer's frames (only slots SB3 has written are read): no page-by-page faults.
+        grown = np.empty((min(self.buffer_size, max(1024, 2 * old)), *inputs.shape), dtype=inputs.dtype)
         if old:
             grown[:old] = self.reward_inputs
         self.reward_inputs = grown

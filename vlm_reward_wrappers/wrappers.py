@@ -11,14 +11,16 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from concurrent.futures import Future
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
-from vlm_reward_wrappers.frames import resize_frame, resize_longer_side
+from vlm_reward_wrappers.frames import FramePreparer, resize_frame, resize_longer_side
+from vlm_reward_wrappers.label_store import check_frame
 from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
@@ -94,8 +96,9 @@ class _StepInfo:
         self.model_key = register_reward_model(learner.reward_model)
         self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
 
-    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: np.ndarray, dones: np.ndarray,
-                 deferred: Optional[DeferredRewards] = None, exploring: bool = False) -> None:
+    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: Union[np.ndarray, "Future[np.ndarray]"],
+                 dones: np.ndarray, deferred: Optional[DeferredRewards] = None, exploring: bool = False) -> None:
+        """``inputs``: the step's reward-model inputs, or a future of them (then left out of ``info``)."""
         if deferred is not None:  # the algorithm's buffer scores these steps, not the wrapper
             deferred.add(inputs, np.full(len(infos), not exploring))
             for info in infos:
@@ -104,7 +107,9 @@ class _StepInfo:
         self.lengths += 1
         for i, info in enumerate(infos):
             info["gt_reward"] = float(gt_rewards[i])
-            info[REWARD_INPUT_KEY], info[REWARD_MODEL_KEY] = inputs[i], self.model_key
+            info[REWARD_MODEL_KEY] = self.model_key
+            if not isinstance(inputs, Future):
+                info[REWARD_INPUT_KEY] = inputs[i]
             if "success" in info and "is_success" not in info:
                 info["is_success"] = bool(info["success"])
             if dones[i]:
@@ -131,6 +136,8 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :param score_in_buffer: leave each step's reward to the algorithm's buffer, which scores whole
         rollouts or new transitions in batches: the step returns 0.0 (see :mod:`~vlm_reward_wrappers.rollout`
         for the buffer to pass). Faster; SB3's Monitor then logs zeros (``vlm/gt_episode_return`` stays true).
+        With a rollout buffer the input is also prepared on a worker thread while the next step renders,
+        and left out of ``info``.
     :param learner: a learner to use as it is (:meth:`load` passes one); the other arguments then only
         describe the env.
     :param learner_kwargs: :class:`PreferenceLearner` arguments: ``config`` (a preset name or a
@@ -165,6 +172,9 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._env_steps = 0
         #: The inputs of the steps left to the algorithm's buffer (``score_in_buffer``), else None.
         self.deferred_rewards = DeferredRewards() if score_in_buffer else None
+        self._preparer: Optional[FramePreparer] = None
+        #: The step whose input is being prepared: (future frames, true reward, query frames).
+        self._pending: Optional[Tuple["Future[np.ndarray]", np.ndarray, Optional[List[np.ndarray]]]] = None
 
     @property
     def training(self) -> bool:
@@ -186,22 +196,54 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         cost = self.learner.cost
         with cost.timing("render"):
             rendered = self.env.render()
+        gt = np.array([gt_reward], dtype=np.float64)
+        query = [rendered] if self.learner.query_frame_due(self._env_steps) else None
+        self._env_steps += 1
+        if self._prepares_ahead:
+            # Nothing of this step's return needs its input: it is prepared while the agent acts and the
+            # env renders the next step, and the learner records the step then.
+            with cost.timing("frame_prep"):
+                if self._preparer is None:
+                    self._preparer = FramePreparer(self.reward_image_size)
+                # A copy: the env may render the next step into the same array.
+                rendered = np.array(check_frame(rendered, "the rendered frame"))
+                frames = self._preparer.submit(rendered)
+            self._record_pending()
+            self._pending = (frames, gt, None if query is None else [rendered])
+            self._info.annotate([info], gt, frames, [terminated or truncated], self.deferred_rewards)
+            return obs, 0.0, terminated, truncated, info
+        self._record_pending()
         with cost.timing("frame_prep"):
             frames = resize_frame(rendered, self.reward_image_size)[None]
         observations = None
         if self.learner.wants_observations:
             observations = np.asarray(obs, dtype=np.float32)[None]
-        gt = np.array([gt_reward], dtype=np.float64)
-        query = [rendered] if self.learner.query_frame_due(self._env_steps) else None
-        self._env_steps += 1
         exploring = self.learner.exploring
         reward = self.learner.observe(frames, gt, observations, query, score=self.deferred_rewards is None)
         self._info.annotate([info], gt, self.learner.reward_inputs(frames, observations), [terminated or truncated],
                             self.deferred_rewards, exploring)
         return obs, float(reward[0]), terminated, truncated, info
 
+    @property
+    def _prepares_ahead(self) -> bool:
+        """Whether the step's input may be prepared beside the loop: a rollout buffer scores the step and
+        the learner needs only its frame (not the observation, nor an exploration reward now)."""
+        return (self.deferred_rewards is not None and self.deferred_rewards.claimed_by == "rollout"
+                and not self.learner.wants_observations)
+
+    def _record_pending(self) -> None:
+        """Hand the step being prepared to the learner (it waits for the input, which is ready by now)."""
+        if self._pending is None:
+            return
+        frames, gt, query = self._pending
+        self._pending = None
+        with self.learner.cost.timing("frame_prep"):
+            frames = frames.result()
+        self.learner.observe(frames, gt, None, query, score=False)
+
     def save(self, path: Union[str, Path]) -> None:
         """Save the learner (:meth:`PreferenceLearner.save`) so a stopped run can go on."""
+        self._record_pending()
         self.learner.save(path)
 
     @classmethod
@@ -214,6 +256,9 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return cls(env, learner.goal, labeler, learner=learner)
 
     def close(self) -> None:
+        self._record_pending()
+        if self._preparer is not None:
+            self._preparer.close()
         self.learner.close()
         super().close()
 

@@ -109,7 +109,7 @@ def test_inputs_prepared_beside_the_loop_are_each_steps_own(make_env):
     ahead, inputs = _stepped(VLMRewardWrapper(make_env(), GOAL, OracleLabeler(), score_in_buffer=True, **settings),
                              150, rollout_buffer=True)
     at_once, _ = _stepped(VLMRewardWrapper(make_env(), GOAL, OracleLabeler(), **settings), 150, rollout_buffer=False)
-    assert ahead._preparer is not None and not lifecycle.is_tracked(ahead._preparer)  # its thread is closed
+    assert ahead._preparer.in_loop == 0 and not lifecycle.is_tracked(ahead._preparer)  # all in the worker, stopped
     buffer, expected = ahead.learner.buffer, at_once.learner.buffer
     assert buffer.added == expected.added == 150
     np.testing.assert_array_equal(buffer.frames[:150], expected.frames[:150])

@@ -8,7 +8,7 @@ from typing import Dict, Iterator
 
 #: The env loop's parts, logged as ``vlm/cost/<part>_s``: ``render`` (``env.render()``, summed over
 #: the envs; inside the workers under SubprocVecEnv), ``frame_prep`` (reward-model inputs and query frames
-#: from rendered frames; where they are prepared on a worker thread, handing them over and waiting),
+#: from rendered frames; where they are prepared in the worker process, handing them over and waiting),
 #: ``scoring`` (the reward model's inference), ``learner`` (applying labels,
 #: choosing pairs, swapping weights in) and ``waiting`` (the env loop waiting on an update: the first one,
 #: and :meth:`~vlm_reward_wrappers.learner.PreferenceLearner.flush`). Beside it, on their own threads, the

@@ -4,16 +4,27 @@ drawn from, and the store of the frames a labeler is shown."""
 from __future__ import annotations
 
 import io
+import logging
+import mmap
+import os
+import select
+import subprocess
+import sys
+import tempfile
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import List, Optional, Tuple, Union
+from typing import Deque, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from vlm_reward_wrappers import lifecycle
+from vlm_reward_wrappers.frame_prep import worker as frame_prep_worker
+from vlm_reward_wrappers.frame_prep.worker import shared_size, shared_slots, shrink
 from vlm_reward_wrappers.label_store import check_frame
+
+logger = logging.getLogger(__name__)
 
 
 def png_bytes(frame: Union[np.ndarray, Image.Image], compress_level: int = 6) -> bytes:
@@ -35,38 +46,149 @@ def resize_frame(frame: np.ndarray, reward_image_size: int) -> np.ndarray:
     frame = check_frame(frame, "the rendered frame")
     if frame.shape[:2] == (reward_image_size, reward_image_size):
         return np.ascontiguousarray(frame)
-    # BOX averages every source pixel, so thin objects (a pole, a rope) survive large downscales;
-    # reducing_gap first shrinks by an integer factor, which is faster and looks the same.
-    image = Image.fromarray(frame)
-    return np.array(image.resize((reward_image_size, reward_image_size), Image.Resampling.BOX, reducing_gap=1.5))
+    return shrink(frame, (reward_image_size, reward_image_size))
+
+
+class PreparedFrame:
+    """A reward-model input a :class:`FramePreparer` is preparing; :meth:`result` waits for it."""
+
+    __slots__ = ("_preparer", "_slot", "_value")
+
+    def __init__(self, preparer: "FramePreparer", slot: int = -1, value: Optional[np.ndarray] = None) -> None:
+        self._preparer, self._slot, self._value = preparer, slot, value
+
+    def result(self) -> np.ndarray:
+        """The (1, S, S, 3) uint8 input (a batch of one, as the learner takes it)."""
+        if self._value is None:
+            self._preparer.collect(wait_for=self)
+        return self._value
 
 
 class FramePreparer:
-    """Prepares reward-model inputs on one worker thread, so the env loop steps and renders meanwhile.
+    """Prepares reward-model inputs in a worker process, so the env loop steps and renders meanwhile.
 
-    PIL releases the GIL while it resizes, so on two cores a step's input is ready by the time the next
-    step has rendered.
+    Not a thread: PIL takes the GIL back a few times a frame, and each time the env loop's thread waits on
+    the hand-over (a worker thread slowed CartPole's render by 0.15-0.2 ms a step, about half of what it took
+    off). Frames reach the worker through shared memory (the one copy a frame handed over needs anyway) and
+    their slot numbers through a pipe; the worker imports numpy and PIL only (0.1 s to start). Where it
+    cannot help (not POSIX, a frame of another shape, every slot in flight, the worker gone), a frame is
+    prepared at once in the loop, by the same resizer: the inputs are the same either way, and nothing waits
+    on a worker that is behind.
 
     :param reward_image_size: side of the square inputs in pixels.
+    :param frame_shape: (H, W, 3) of the rendered frames.
+    :param max_bytes: the most shared memory for frames in flight (2 to 255 frames' worth).
+    :param timeout: seconds to wait for one input before the worker is taken for stuck and stopped.
     """
 
-    def __init__(self, reward_image_size: int) -> None:
+    def __init__(self, reward_image_size: int, frame_shape: Tuple[int, ...], max_bytes: int = 16 * 2**20,
+                 timeout: float = 30.0) -> None:
         self.reward_image_size = reward_image_size
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vlm-frame-prep")
+        self.frame_shape = tuple(frame_shape)
+        self.timeout = timeout
+        self.slots = int(np.clip(max_bytes // shared_size(1, self.frame_shape, reward_image_size), 2, 255))
+        self._process: Optional[subprocess.Popen] = None
+        self._in_flight: Deque[PreparedFrame] = deque()
+        #: Frames prepared in the env loop: the worker was behind (every slot in flight), gone or not started.
+        self.in_loop = 0
+        if os.name == "posix" and sys.executable and self.frame_shape[:2] != (reward_image_size, reward_image_size):
+            try:
+                self._start()
+            except OSError as error:
+                logger.warning("frames are prepared in the env loop: the frame-preparation worker did not start (%s)",
+                               error)
         lifecycle.track(self)
 
-    def submit(self, frame: np.ndarray) -> "Future[np.ndarray]":
-        """Start resizing one rendered (H, W, 3) uint8 frame, which must not change until it is done (an env
-        may render into the same array every step: hand over a copy); the future's result is a
-        (1, S, S, 3) uint8 batch of one, as the learner takes it."""
-        return self._pool.submit(self._prepare, frame)
+    def _start(self) -> None:
+        size = shared_size(self.slots, self.frame_shape, self.reward_image_size)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("vlm-frames")
+        else:  # an unlinked file: nothing is left behind, however the run ends
+            fd, path = tempfile.mkstemp(prefix="vlm-frames-")
+            os.unlink(path)
+        try:
+            os.ftruncate(fd, size)
+            memory = mmap.mmap(fd, size)
+            height, width = self.frame_shape[:2]
+            self._process = subprocess.Popen(
+                [sys.executable, frame_prep_worker.__file__, *map(str, (fd, self.slots, height, width,
+                                                                      self.reward_image_size))],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)  # the map and the worker hold their own
+        self._frames, self._inputs = shared_slots(memory, self.slots, self.frame_shape, self.reward_image_size)
+        self._free = list(range(self.slots))
+        os.set_blocking(self._process.stdout.fileno(), False)
 
-    def _prepare(self, frame: np.ndarray) -> np.ndarray:
-        return resize_frame(frame, self.reward_image_size)[None]
+    def submit(self, frame: np.ndarray) -> PreparedFrame:
+        """Start preparing one rendered (H, W, 3) uint8 frame; it is copied, so the env may render the next
+        step into the same array."""
+        if self._process is not None and frame.shape == self.frame_shape:
+            if not self._free:
+                self.collect()
+            if self._process is not None and self._free:
+                slot = self._free.pop()
+                self._frames[slot] = frame
+                prepared = PreparedFrame(self, slot)
+                self._in_flight.append(prepared)
+                try:
+                    os.write(self._process.stdin.fileno(), bytes((slot,)))
+                except BrokenPipeError:
+                    self._stop_worker("it exited")
+                return prepared
+        self.in_loop += 1
+        # A copy: a frame already of the input's size comes back as it is, and the env may render into it.
+        return PreparedFrame(self, value=np.array(resize_frame(frame, self.reward_image_size))[None])
+
+    def collect(self, wait_for: Optional[PreparedFrame] = None) -> None:
+        """Take in the inputs the worker has finished; with ``wait_for``, wait until that one is done."""
+        while self._in_flight and self._process is not None:
+            try:
+                done = os.read(self._process.stdout.fileno(), 256)
+            except BlockingIOError:
+                if wait_for is None or wait_for._value is not None:
+                    return
+                if not select.select([self._process.stdout], [], [], self.timeout)[0]:
+                    self._stop_worker(f"no input came back in {self.timeout:g} s")
+                continue
+            if not done:
+                self._stop_worker("it exited")
+                return
+            for slot in done:  # in the order handed over
+                prepared = self._in_flight.popleft()
+                prepared._value = self._inputs[slot][None].copy()
+                self._free.append(slot)
+
+    def _stop_worker(self, why: str) -> None:
+        """Prepare the frames in flight here, from their slots, and every frame after them."""
+        self._process.kill()
+        logger.warning("the frame-preparation worker stopped (%s, status %s): frames are prepared in the env loop "
+                       "from now on", why, self._process.wait())
+        for prepared in self._in_flight:
+            prepared._value = resize_frame(self._frames[prepared._slot], self.reward_image_size)[None]
+        self.in_loop += len(self._in_flight)
+        self._in_flight.clear()
+        self._release()
+
+    def _release(self) -> None:
+        """Close the pipes (the worker ends when its stdin closes) and let the shared memory go."""
+        self._process.stdin.close()
+        self._process.stdout.close()
+        self._process = self._frames = self._inputs = None
 
     def close(self) -> None:
-        """Stop the worker once the frames handed over are prepared (a millisecond or less each)."""
-        self._pool.shutdown(wait=True)
+        """Finish the frames in flight and stop the worker: milliseconds, or ``timeout`` at most for each should
+        the worker hang."""
+        if self._process is not None and self._in_flight:
+            self.collect(wait_for=self._in_flight[-1])
+        process = self._process
+        if process is not None:
+            self._release()
+            try:
+                process.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         lifecycle.untrack(self)
 
 
@@ -147,8 +269,7 @@ def resize_longer_side(frame: np.ndarray, size: Optional[int]) -> np.ndarray:
     if size is None or max(height, width) <= size:
         return np.ascontiguousarray(frame)
     scale = size / max(height, width)
-    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.array(Image.fromarray(np.ascontiguousarray(frame)).resize(shape, Image.Resampling.BOX, reducing_gap=1.5))
+    return shrink(frame, (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
 class QueryFrameStore:

@@ -1,9 +1,9 @@
 """One lifecycle for everything the library runs beside the env loop.
 
-Each object that starts a thread or a server (the background trainer, the labelling service, the
-query-frame store, the relabelling replay buffer, the web pages) is tracked here from the moment it
-starts one. Its ``close()`` stops and joins what it started within a bound its docstring states, and
-may be called any number of times.
+Each object that starts a thread, a process or a server (the background trainer, the labelling service,
+the query-frame store, the frame preparer, the relabelling replay buffer, the web pages) is tracked here
+from the moment it starts one. Its ``close()`` stops and joins what it started within a bound its
+docstring states, and may be called any number of times.
 
 What a script leaves open is closed when the interpreter exits: after the main thread has finished
 (normally, by an exception, or by Ctrl-C) and before Python joins its own worker threads and tears

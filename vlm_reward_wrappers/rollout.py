@@ -10,19 +10,20 @@ the stored inputs in one batch where it needs them. For PPO and A2C::
 and for SAC, TD3 and DQN, :class:`~vlm_reward_wrappers.replay.RelabelingReplayBuffer` with
 ``replay_buffer_kwargs=dict(wrapper=env)``. The buffer is handed the wrapper, as SB3 hands
 ``HerReplayBuffer`` its env: nothing is looked up. With a rollout buffer, :class:`~vlm_reward_wrappers.VLMRewardWrapper`
-also prepares each step's input on a worker thread while the next step renders (the buffer waits for the
+also prepares each step's input in a worker process while the next step renders (the buffer waits for the
 last when it scores).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+
+from vlm_reward_wrappers.frames import PreparedFrame
 
 #: Info key, True on a step whose reward the algorithm's buffer is to score.
 DEFERRED_KEY = "vlm_reward_deferred"
@@ -38,7 +39,7 @@ class DeferredRewards:
     def __init__(self) -> None:
         self.claimed_by: Optional[str] = None
         self._steps = 0
-        self._inputs: List[Union[np.ndarray, "Future[np.ndarray]"]] = []
+        self._inputs: List[Union[np.ndarray, PreparedFrame]] = []
         self._mask: List[np.ndarray] = []
 
     def claim(self, kind: str) -> None:
@@ -46,8 +47,8 @@ class DeferredRewards:
         keeps them itself, from ``info``)."""
         self.claimed_by = kind
 
-    def add(self, inputs: Union[np.ndarray, "Future[np.ndarray]"], deferred: np.ndarray) -> None:
-        """One env step: (n_envs, ...) reward-model inputs, or a future of them still being prepared, and
+    def add(self, inputs: Union[np.ndarray, PreparedFrame], deferred: np.ndarray) -> None:
+        """One env step: (n_envs, ...) reward-model inputs, or the input still being prepared, and
         (n_envs,) whether each reward is deferred."""
         self._steps += 1
         if self.claimed_by is None and self._steps >= 3:
@@ -58,12 +59,12 @@ class DeferredRewards:
                 "replay_buffer_kwargs=dict(wrapper=env) to SAC, TD3 or DQN"
             )
         if self.claimed_by == "rollout":
-            self._inputs.append(inputs if isinstance(inputs, Future) else np.array(inputs))
+            self._inputs.append(inputs if isinstance(inputs, PreparedFrame) else np.array(inputs))
             self._mask.append(np.asarray(deferred, dtype=bool))
 
     def take(self) -> Tuple[np.ndarray, np.ndarray]:
         """(T, n_envs, ...) inputs and (T, n_envs) deferred flags of the steps since the last take."""
-        inputs = np.stack([x.result() if isinstance(x, Future) else x for x in self._inputs])
+        inputs = np.stack([x.result() if isinstance(x, PreparedFrame) else x for x in self._inputs])
         mask = np.stack(self._mask)
         self.clear()
         return inputs, mask

@@ -11,7 +11,6 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from concurrent.futures import Future
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
@@ -19,7 +18,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
-from vlm_reward_wrappers.frames import FramePreparer, resize_frame, resize_longer_side
+from vlm_reward_wrappers.frames import FramePreparer, PreparedFrame, resize_frame, resize_longer_side
 from vlm_reward_wrappers.label_store import check_frame
 from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
@@ -96,9 +95,9 @@ class _StepInfo:
         self.model_key = register_reward_model(learner.reward_model)
         self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
 
-    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: Union[np.ndarray, "Future[np.ndarray]"],
+    def annotate(self, infos: Sequence[dict], gt_rewards: np.ndarray, inputs: Union[np.ndarray, PreparedFrame],
                  dones: np.ndarray, deferred: Optional[DeferredRewards] = None, exploring: bool = False) -> None:
-        """``inputs``: the step's reward-model inputs, or a future of them (then left out of ``info``)."""
+        """``inputs``: the step's reward-model inputs, or the one being prepared (then left out of ``info``)."""
         if deferred is not None:  # the algorithm's buffer scores these steps, not the wrapper
             deferred.add(inputs, np.full(len(infos), not exploring))
             for info in infos:
@@ -108,7 +107,7 @@ class _StepInfo:
         for i, info in enumerate(infos):
             info["gt_reward"] = float(gt_rewards[i])
             info[REWARD_MODEL_KEY] = self.model_key
-            if not isinstance(inputs, Future):
+            if not isinstance(inputs, PreparedFrame):
                 info[REWARD_INPUT_KEY] = inputs[i]
             if "success" in info and "is_success" not in info:
                 info["is_success"] = bool(info["success"])
@@ -136,7 +135,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :param score_in_buffer: leave each step's reward to the algorithm's buffer, which scores whole
         rollouts or new transitions in batches: the step returns 0.0 (see :mod:`~vlm_reward_wrappers.rollout`
         for the buffer to pass). Faster; SB3's Monitor then logs zeros (``vlm/gt_episode_return`` stays true).
-        With a rollout buffer the input is also prepared on a worker thread while the next step renders,
+        With a rollout buffer the input is also prepared in a worker process while the next step renders,
         and left out of ``info``.
     :param learner: a learner to use as it is (:meth:`load` passes one); the other arguments then only
         describe the env.
@@ -174,7 +173,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.deferred_rewards = DeferredRewards() if score_in_buffer else None
         self._preparer: Optional[FramePreparer] = None
         #: The step whose input is being prepared: (future frames, true reward, query frames).
-        self._pending: Optional[Tuple["Future[np.ndarray]", np.ndarray, Optional[List[np.ndarray]]]] = None
+        self._pending: Optional[Tuple[PreparedFrame, np.ndarray, Optional[List[np.ndarray]]]] = None
 
     @property
     def training(self) -> bool:
@@ -203,13 +202,13 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             # Nothing of this step's return needs its input: it is prepared while the agent acts and the
             # env renders the next step, and the learner records the step then.
             with cost.timing("frame_prep"):
+                rendered = check_frame(rendered, "the rendered frame")
                 if self._preparer is None:
-                    self._preparer = FramePreparer(self.reward_image_size)
-                # A copy: the env may render the next step into the same array.
-                rendered = np.array(check_frame(rendered, "the rendered frame"))
+                    self._preparer = FramePreparer(self.reward_image_size, rendered.shape)
                 frames = self._preparer.submit(rendered)
             self._record_pending()
-            self._pending = (frames, gt, None if query is None else [rendered])
+            # A copy of the query frame: the env may render the next step into the same array.
+            self._pending = (frames, gt, None if query is None else [np.array(rendered)])
             self._info.annotate([info], gt, frames, [terminated or truncated], self.deferred_rewards)
             return obs, 0.0, terminated, truncated, info
         self._record_pending()

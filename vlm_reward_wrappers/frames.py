@@ -113,7 +113,7 @@ class FramePreparer:
             self._process = subprocess.Popen(
                 [sys.executable, frame_prep_worker.__file__, *map(str, (fd, self.slots, height, width,
                                                                       self.reward_image_size))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=(fd,))
         finally:
             os.close(fd)  # the map and the worker hold their own
         self._frames, self._inputs = shared_slots(memory, self.slots, self.frame_shape, self.reward_image_size)

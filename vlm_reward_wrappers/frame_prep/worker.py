@@ -43,13 +43,16 @@ def shared_size(slots: int, frame_shape: Tuple[int, ...], side: int) -> int:
 
 def serve(fd: int, slots: int, frame_shape: Tuple[int, int, int], side: int) -> None:
     frames, inputs = shared_slots(mmap.mmap(fd, shared_size(slots, frame_shape, side)), slots, frame_shape, side)
-    while True:
-        requests = os.read(0, 256)
-        if not requests:
-            return
-        for slot in requests:
-            inputs[slot] = shrink(frames[slot], (side, side))
-            os.write(1, bytes((slot,)))
+    try:
+        while True:
+            requests = os.read(0, 256)
+            if not requests:
+                return
+            for slot in requests:
+                inputs[slot] = shrink(frames[slot], (side, side))
+                os.write(1, bytes((slot,)))
+    except BrokenPipeError:  # the env loop's process has gone: nothing is left to answer
+        return
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import OrderedDict, deque
+import weakref
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -52,10 +53,10 @@ def resize_frame(frame: np.ndarray, reward_image_size: int) -> np.ndarray:
 class PreparedFrame:
     """A reward-model input a :class:`FramePreparer` is preparing; :meth:`result` waits for it."""
 
-    __slots__ = ("_preparer", "_slot", "_value")
+    __slots__ = ("_preparer", "_value")
 
-    def __init__(self, preparer: "FramePreparer", slot: int = -1, value: Optional[np.ndarray] = None) -> None:
-        self._preparer, self._slot, self._value = preparer, slot, value
+    def __init__(self, preparer: "FramePreparer", value: Optional[np.ndarray] = None) -> None:
+        self._preparer, self._value = preparer, value
 
     def result(self) -> np.ndarray:
         """The (1, S, S, 3) uint8 input (a batch of one, as the learner takes it)."""
@@ -64,21 +65,49 @@ class PreparedFrame:
         return self._value
 
 
+#: Preparers whose worker is running, so that a forked child lets go of their pipes at once (below).
+_running: "weakref.WeakSet[FramePreparer]" = weakref.WeakSet()
+
+
+def _let_go_in_child() -> None:
+    # A forked child (SubprocVecEnv's "fork", a DataLoader worker) holds copies of the pipes: closed here,
+    # the worker still sees its stdin close when the parent ends, and the child never reads its answers.
+    for preparer in list(_running):
+        preparer._release(forked=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go_in_child)
+
+
+def _stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """Close the worker's pipes (it ends when its stdin closes) and reap it, killing it after ``timeout``."""
+    process.stdin.close()
+    process.stdout.close()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class FramePreparer:
     """Prepares reward-model inputs in a worker process, so the env loop steps and renders meanwhile.
 
     Not a thread: PIL takes the GIL back a few times a frame, and each time the env loop's thread waits on
     the hand-over (a worker thread slowed CartPole's render by 0.15-0.2 ms a step, about half of what it took
     off). Frames reach the worker through shared memory (the one copy a frame handed over needs anyway) and
-    their slot numbers through a pipe; the worker imports numpy and PIL only (0.1 s to start). Where it
-    cannot help (not POSIX, a frame of another shape, every slot in flight, the worker gone), a frame is
-    prepared at once in the loop, by the same resizer: the inputs are the same either way, and nothing waits
-    on a worker that is behind.
+    their slot numbers through a pipe; the worker imports numpy and PIL only (0.1 s to start) and runs in
+    its own session, so a terminal's Ctrl-C reaches the run and not it. Where it cannot help (not POSIX, a
+    frozen app, a frame of another shape, every slot in flight, the worker gone), a frame is prepared at once
+    in the loop, by the same resizer: the inputs are the same either way, and nothing waits on a worker that
+    is behind. A worker that dies, answers for a slot it was not given, or sends nothing back for
+    ``timeout`` seconds is stopped with a warning, and its frames are prepared in the loop from their slots.
 
     :param reward_image_size: side of the square inputs in pixels.
     :param frame_shape: (H, W, 3) of the rendered frames.
     :param max_bytes: the most shared memory for frames in flight (2 to 255 frames' worth).
-    :param timeout: seconds to wait for one input before the worker is taken for stuck and stopped.
+    :param timeout: seconds without an answer, while one is awaited, before the worker is taken for stuck.
     """
 
     def __init__(self, reward_image_size: int, frame_shape: Tuple[int, ...], max_bytes: int = 16 * 2**20,
@@ -88,10 +117,11 @@ class FramePreparer:
         self.timeout = timeout
         self.slots = int(np.clip(max_bytes // shared_size(1, self.frame_shape, reward_image_size), 2, 255))
         self._process: Optional[subprocess.Popen] = None
-        self._in_flight: Deque[PreparedFrame] = deque()
+        self._in_flight: Dict[int, PreparedFrame] = {}  # by slot, in the order handed over
         #: Frames prepared in the env loop: the worker was behind (every slot in flight), gone or not started.
         self.in_loop = 0
-        if os.name == "posix" and sys.executable and self.frame_shape[:2] != (reward_image_size, reward_image_size):
+        startable = os.name == "posix" and sys.executable and not getattr(sys, "frozen", False)
+        if startable and self.frame_shape[:2] != (reward_image_size, reward_image_size):
             try:
                 self._start()
             except OSError as error:
@@ -101,11 +131,7 @@ class FramePreparer:
 
     def _start(self) -> None:
         size = shared_size(self.slots, self.frame_shape, self.reward_image_size)
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("vlm-frames")
-        else:  # an unlinked file: nothing is left behind, however the run ends
-            fd, path = tempfile.mkstemp(prefix="vlm-frames-")
-            os.unlink(path)
+        fd = _anonymous_file()
         try:
             os.ftruncate(fd, size)
             memory = mmap.mmap(fd, size)
@@ -113,32 +139,38 @@ class FramePreparer:
             self._process = subprocess.Popen(
                 [sys.executable, frame_prep_worker.__file__, *map(str, (fd, self.slots, height, width,
                                                                       self.reward_image_size))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=(fd,))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=(fd,), start_new_session=True)
         finally:
             os.close(fd)  # the map and the worker hold their own
+        # Pipes closed and the worker reaped even if the wrapper is dropped unclosed.
+        self._stop = weakref.finalize(self, _stop_process, self._process, self.timeout)
         self._frames, self._inputs = shared_slots(memory, self.slots, self.frame_shape, self.reward_image_size)
         self._free = list(range(self.slots))
+        self._answers = select.poll()  # not select.select: it fails on descriptors numbered 1024 or more
+        self._answers.register(self._process.stdout.fileno(), select.POLLIN)
         os.set_blocking(self._process.stdout.fileno(), False)
+        _running.add(self)
 
     def submit(self, frame: np.ndarray) -> PreparedFrame:
         """Start preparing one rendered (H, W, 3) uint8 frame; it is copied, so the env may render the next
         step into the same array."""
+        frame = check_frame(frame, "the rendered frame")
         if self._process is not None and frame.shape == self.frame_shape:
             if not self._free:
                 self.collect()
             if self._process is not None and self._free:
                 slot = self._free.pop()
                 self._frames[slot] = frame
-                prepared = PreparedFrame(self, slot)
-                self._in_flight.append(prepared)
                 try:
                     os.write(self._process.stdin.fileno(), bytes((slot,)))
                 except BrokenPipeError:
                     self._stop_worker("it exited")
-                return prepared
+                else:
+                    prepared = self._in_flight[slot] = PreparedFrame(self)
+                    return prepared
         self.in_loop += 1
         # A copy: a frame already of the input's size comes back as it is, and the env may render into it.
-        return PreparedFrame(self, value=np.array(resize_frame(frame, self.reward_image_size))[None])
+        return PreparedFrame(self, np.array(resize_frame(frame, self.reward_image_size))[None])
 
     def collect(self, wait_for: Optional[PreparedFrame] = None) -> None:
         """Take in the inputs the worker has finished; with ``wait_for``, wait until that one is done."""
@@ -148,15 +180,19 @@ class FramePreparer:
             except BlockingIOError:
                 if wait_for is None or wait_for._value is not None:
                     return
-                if not select.select([self._process.stdout], [], [], self.timeout)[0]:
+                if not self._answers.poll(1000 * self.timeout):
                     self._stop_worker(f"no input came back in {self.timeout:g} s")
                 continue
             if not done:
                 self._stop_worker("it exited")
                 return
-            for slot in done:  # in the order handed over
-                prepared = self._in_flight.popleft()
+            for slot in done:
+                prepared = self._in_flight.get(slot)
+                if prepared is None:
+                    self._stop_worker(f"it answered for slot {slot}, which it was not given")
+                    return
                 prepared._value = self._inputs[slot][None].copy()
+                del self._in_flight[slot]
                 self._free.append(slot)
 
     def _stop_worker(self, why: str) -> None:
@@ -164,32 +200,42 @@ class FramePreparer:
         self._process.kill()
         logger.warning("the frame-preparation worker stopped (%s, status %s): frames are prepared in the env loop "
                        "from now on", why, self._process.wait())
-        for prepared in self._in_flight:
-            prepared._value = resize_frame(self._frames[prepared._slot], self.reward_image_size)[None]
+        for slot, prepared in self._in_flight.items():
+            prepared._value = resize_frame(self._frames[slot], self.reward_image_size)[None]
         self.in_loop += len(self._in_flight)
         self._in_flight.clear()
         self._release()
 
-    def _release(self) -> None:
-        """Close the pipes (the worker ends when its stdin closes) and let the shared memory go."""
-        self._process.stdin.close()
-        self._process.stdout.close()
-        self._process = self._frames = self._inputs = None
+    def _release(self, forked: bool = False) -> None:
+        """Stop the worker (a forked child only closes its copies of the pipes) and let the shared memory go."""
+        if self._process is None:
+            return
+        if forked:
+            self._stop.detach()
+            self._process.stdin.close()
+            self._process.stdout.close()
+        else:
+            self._stop()
+        _running.discard(self)
+        self._process = self._frames = self._inputs = self._answers = None
 
     def close(self) -> None:
-        """Finish the frames in flight and stop the worker: milliseconds, or ``timeout`` at most for each should
-        the worker hang."""
+        """Finish the frames in flight and stop the worker: milliseconds, or ``timeout`` at most without an
+        answer, and as long again for the worker to end."""
         if self._process is not None and self._in_flight:
-            self.collect(wait_for=self._in_flight[-1])
-        process = self._process
-        if process is not None:
-            self._release()
-            try:
-                process.wait(self.timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self.collect(wait_for=next(reversed(self._in_flight.values())))
+        self._release()
         lifecycle.untrack(self)
+
+
+def _anonymous_file() -> int:
+    """A file descriptor of memory with no name: nothing is left behind, however the run ends."""
+    try:
+        return os.memfd_create("vlm-frames")
+    except (AttributeError, OSError):  # not Linux, or a kernel or sandbox without memfd
+        fd, path = tempfile.mkstemp(prefix="vlm-frames-")
+        os.unlink(path)
+        return fd
 
 
 class FrameBuffer:

@@ -5,14 +5,14 @@ HEIGHT WIDTH SIDE``): it then imports numpy and PIL only, and its folder, put fi
 nothing that could shadow theirs. The worker maps the shared memory at file descriptor FD: SLOTS rendered
 (HEIGHT, WIDTH, 3) frames followed by SLOTS (SIDE, SIDE, 3) inputs. It reads slot numbers (one byte each)
 from stdin, resizes the frame in each slot into the same input slot, and writes the slot number to stdout
-when it is done. It ends when stdin closes (the env loop's process closed it, or ended).
+when it is done. It ends when stdin closes (the env loop's process closed it, or ended); it runs in a
+session of its own, so a terminal's Ctrl-C reaches only the run.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import signal
 import sys
 from typing import Tuple
 
@@ -56,8 +56,5 @@ def serve(fd: int, slots: int, frame_shape: Tuple[int, int, int], side: int) -> 
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole terminal's process group: the env loop's process decides what stops, and
-    # closing stdin ends this one.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd, slots, height, width, side = map(int, sys.argv[1:])
     serve(fd, slots, (height, width, 3), side)

@@ -143,7 +143,7 @@ class FramePreparer:
         finally:
             os.close(fd)  # the map and the worker hold their own
         # Pipes closed and the worker reaped even if the wrapper is dropped unclosed.
-        self._stop = weakref.finalize(self, _stop_process, self._process, self.timeout)
+        self._reap = weakref.finalize(self, _stop_process, self._process, self.timeout)
         self._frames, self._inputs = shared_slots(memory, self.slots, self.frame_shape, self.reward_image_size)
         self._free = list(range(self.slots))
         self._answers = select.poll()  # not select.select: it fails on descriptors numbered 1024 or more
@@ -211,11 +211,11 @@ class FramePreparer:
         if self._process is None:
             return
         if forked:
-            self._stop.detach()
+            self._reap.detach()
             self._process.stdin.close()
             self._process.stdout.close()
         else:
-            self._stop()
+            self._reap()
         _running.discard(self)
         self._process = self._frames = self._inputs = self._answers = None
 

@@ -19,7 +19,6 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from vlm_reward_wrappers.config import LearnerConfig, make_config
 from vlm_reward_wrappers.frames import FramePreparer, PreparedFrame, resize_frame, resize_longer_side
-from vlm_reward_wrappers.label_store import check_frame
 from vlm_reward_wrappers.labelers.base import Labeler
 from vlm_reward_wrappers.learner import PreferenceLearner
 from vlm_reward_wrappers.replay import REWARD_INPUT_KEY, REWARD_MODEL_KEY, register_reward_model
@@ -202,10 +201,9 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             # Nothing of this step's return needs its input: it is prepared while the agent acts and the
             # env renders the next step, and the learner records the step then.
             with cost.timing("frame_prep"):
-                rendered = check_frame(rendered, "the rendered frame")
                 if self._preparer is None:
-                    self._preparer = FramePreparer(self.reward_image_size, rendered.shape)
-                frames = self._preparer.submit(rendered)
+                    self._preparer = FramePreparer(self.reward_image_size, np.shape(rendered))
+                frames = self._preparer.submit(rendered)  # checks the frame: a bad one fails at its own step
             self._record_pending()
             # A copy of the query frame: the env may render the next step into the same array.
             self._pending = (frames, gt, None if query is None else [np.array(rendered)])

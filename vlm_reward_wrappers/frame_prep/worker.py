@@ -42,6 +42,7 @@ def shared_size(slots: int, frame_shape: Tuple[int, ...], side: int) -> int:
 
 
 def serve(fd: int, slots: int, frame_shape: Tuple[int, int, int], side: int) -> None:
+    """Answer slot numbers from stdin until it closes (the layout is :func:`shared_slots`'s)."""
     frames, inputs = shared_slots(mmap.mmap(fd, shared_size(slots, frame_shape, side)), slots, frame_shape, side)
     try:
         while True:

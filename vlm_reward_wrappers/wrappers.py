@@ -171,7 +171,7 @@ class VLMRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         #: The inputs of the steps left to the algorithm's buffer (``score_in_buffer``), else None.
         self.deferred_rewards = DeferredRewards() if score_in_buffer else None
         self._preparer: Optional[FramePreparer] = None
-        #: The step whose input is being prepared: (future frames, true reward, query frames).
+        #: The step whose input is being prepared: (that input, true reward, query frames).
         self._pending: Optional[Tuple[PreparedFrame, np.ndarray, Optional[List[np.ndarray]]]] = None
 
     @property
